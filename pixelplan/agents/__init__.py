@@ -1,0 +1,26 @@
+"""Agents: one per file. ``make_agent(name, cfg, spec, device, seed)`` builds one by name."""
+
+from __future__ import annotations
+
+import difflib
+
+from pixelplan.agents.base import TERMINATE, Agent, ObsSpec, resolve_device
+
+
+def _glamor(cfg, spec, device, seed):
+    from pixelplan.agents.glamor import GlamorAgent
+    return GlamorAgent(cfg, spec, device, seed)
+
+
+AGENTS = {"glamor": _glamor}
+
+
+def make_agent(name: str, cfg, spec: ObsSpec, device, seed: int) -> Agent:
+    if name not in AGENTS:
+        close = difflib.get_close_matches(name, AGENTS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown agent {name!r}; known agents: {', '.join(sorted(AGENTS))}.{hint}")
+    return AGENTS[name](cfg, spec, device, seed)
+
+
+__all__ = ["AGENTS", "TERMINATE", "Agent", "ObsSpec", "make_agent", "resolve_device"]

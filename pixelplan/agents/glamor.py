@@ -1,0 +1,209 @@
+"""GLAMOR: Goal-conditioned Latent Action MOdels for RL (Paster, McIlraith, Ba; 2021).
+
+GLAMOR learns two autoregressive models of action sequences from hindsight-relabelled
+replay, and plans with their ratio:
+
+* ``idm``, the inverse dynamics model p(a_1..a_k, END | s_1, s_{k+1} = g), and
+* ``prior``, the action prior p(a_1..a_k, END | s_1),
+
+both LSTMs over a shared state encoder (the goal has its own encoder; the heads share
+nothing else). Training is maximum likelihood (eq. 9): token-mean NLL of the idm plus
+``alpha`` x the same for the prior. Acting is random shooting (``planners/shooting.py``)
+on z = log p_idm - log p_prior with clip-p-actions, END and a gamma^k length penalty.
+
+Collection (3.5): one plan per episode from the first state, run open loop; each plan step
+is replaced by a uniform random action with probability epsilon (the plan still
+advances); after the plan ends, uniform random actions until T. Epsilon falls linearly
+from ``eps_start`` to ``eps_final`` over ``eps_steps`` env steps, counted from step 0.
+Evaluation is MPC: replan every step with at most T - t actions, and end the episode
+when the best plan is "END now" (``termination="early"``).
+
+Where this implementation departs from the paper or the authors' release, or chooses where
+they are silent (also in docs/glamor.md):
+
+* Notation: k counts actions, so (s_1, a_1..a_k, s_{k+1}); k is uniform in 1..K, clipped to
+  the steps left in the episode, and a start on an episode's final frame gives k = 0
+  (goal = state, target END alone). The release samples the same way.
+* The loss masks padding with an ignore index instead of a PAD output class; the
+  likelihood is the same.
+* The clip also applies to END; if every token is clipped, the idm's most likely token is
+  kept (the release set clipped z to -20, which has the same effect there).
+* While epsilon is 1 the planner's output would be discarded, so no plan is computed.
+* The grid world uses its own preset (config.py, docs/glamor.md), with a small conv
+  encoder for its 27x27 frames instead of the IMPALA net.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pixelplan.agents.base import TERMINATE, ObsSpec, check_batch, frames_to_channels
+from pixelplan.config import Config, GlamorConfig
+from pixelplan.data.replay import PAD, HindsightBatch
+from pixelplan.nets.action_model import ActionSequenceModel, TokenStepper
+from pixelplan.nets.encoders import make_encoder
+from pixelplan.planners.shooting import Plans, best_of, sample_plans
+
+_IGNORE = -100  # cross_entropy's ignore index for positions after END
+
+
+class GlamorModel(nn.Module):
+    """Encoders, the state-goal mixer, and the two action-sequence heads."""
+
+    def __init__(self, cfg: GlamorConfig, spec: ObsSpec):
+        super().__init__()
+        self.spec = spec
+        frame_hw = tuple(spec.frame_shape[:2])
+        colours = spec.frame_shape[2] if len(spec.frame_shape) == 3 else 1
+        d = cfg.state_size
+        self.state_encoder = make_encoder(cfg.encoder, spec.frame_stack * colours, frame_hw, d)
+        self.goal_encoder = make_encoder(cfg.encoder, colours, frame_hw, d)
+        self.mix = nn.Sequential(nn.Linear(2 * d, cfg.mix_hidden), nn.LayerNorm(cfg.mix_hidden),
+                                 nn.ReLU(), nn.Linear(cfg.mix_hidden, d), nn.ReLU())
+        self.idm = ActionSequenceModel(d, spec.n_actions, cfg.lstm_hidden)
+        self.prior = ActionSequenceModel(d, spec.n_actions, cfg.lstm_hidden)
+
+    def codes(self, state: torch.Tensor, goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(idm code, prior code) for uint8 state stacks and goal frames."""
+        nd = len(self.spec.frame_shape)
+        s = torch.relu(self.state_encoder(frames_to_channels(state, nd)))
+        g = torch.relu(self.goal_encoder(frames_to_channels(goal, nd)))
+        return self.mix(torch.cat([s, g], -1)), s
+
+
+class GlamorAgent:
+    def __init__(self, cfg: Config, spec: ObsSpec, device: torch.device, seed: int):
+        self.cfg, self.spec, self.device = cfg.glamor, spec, device
+        self.batch_size = self.cfg.batch_size
+        self.max_k = self.cfg.max_k or spec.max_episode_steps
+        torch.manual_seed(seed)
+        self.model = GlamorModel(self.cfg, spec).to(device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr,
+                                           weight_decay=self.cfg.weight_decay)
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self.updates = 0
+        self._open_loop: dict[int, np.ndarray] = {}   # env row -> its current training plan
+
+    # ------------------------------------------------------------------ acting
+    def act(self, state: np.ndarray, goal: np.ndarray, t: np.ndarray, explore: bool,
+            env_steps: int) -> np.ndarray:
+        """Actions for a batch of rows; ``TERMINATE`` where an evaluation plan says END now."""
+        check_batch("state", state, (self.spec.frame_stack, *self.spec.frame_shape))
+        check_batch("goal", goal, self.spec.frame_shape)
+        t = np.asarray(t)
+        if explore:
+            return self._collect(state, goal, t, env_steps)
+        T = self.spec.max_episode_steps
+        trials = self.cfg.eval_trials or self.cfg.trials
+        plans = self.plan(state, goal, np.maximum(T - t, 0), trials)
+        first = plans.actions[:, 0].cpu().numpy() if plans.actions.shape[1] else np.full(len(t), -1)
+        if self.cfg.termination == "early":
+            return np.where(plans.lengths.cpu().numpy() == 0, TERMINATE, first)
+        # plan_end: plans use all remaining steps; at t = T there is nothing left to do.
+        return np.where(first < 0, self.rng.integers(self.spec.n_actions, size=len(t)), first)
+
+    def epsilon(self, env_steps: int) -> float:
+        c = self.cfg
+        frac = 1.0 if c.eps_steps == 0 else min(1.0, env_steps / c.eps_steps)
+        return c.eps_start + frac * (c.eps_final - c.eps_start)
+
+    def _collect(self, state, goal, t, env_steps) -> np.ndarray:
+        n = len(t)
+        random_actions = self.rng.integers(self.spec.n_actions, size=n)
+        if self.cfg.collect == "random":
+            return random_actions
+        eps = self.epsilon(env_steps)
+        starting = np.flatnonzero(t == 0)
+        if len(starting):
+            if eps >= 1.0:
+                for i in starting:
+                    self._open_loop[int(i)] = np.zeros(0, dtype=np.int64)
+            else:
+                T = self.spec.max_episode_steps
+                plans = self.plan(state[starting], goal[starting], np.full(len(starting), T),
+                                  self.cfg.trials)
+                acts, lens = plans.actions.cpu().numpy(), plans.lengths.cpu().numpy()
+                for j, i in enumerate(starting):
+                    self._open_loop[int(i)] = acts[j, :lens[j]]
+        actions = random_actions.copy()
+        take_plan = self.rng.random(n) >= eps
+        for i in range(n):
+            plan = self._open_loop.get(i)
+            if plan is not None and t[i] < len(plan) and take_plan[i]:
+                actions[i] = plan[t[i]]
+        return actions
+
+    @torch.no_grad()
+    def plan(self, state: np.ndarray, goal: np.ndarray, max_len: np.ndarray, trials: int,
+             proposal: str | None = None, termination: str | None = None) -> Plans:
+        """The best of ``trials`` sampled plans for each row."""
+        self.model.eval()
+        dev = self.device
+        idm_code, prior_code = self.model.codes(torch.as_tensor(state, device=dev),
+                                                torch.as_tensor(goal, device=dev))
+        n = len(max_len)
+        models, codes = [self.model.idm], [idm_code.repeat_interleave(trials, 0)]
+        if self.cfg.use_prior:
+            models.append(self.model.prior)
+            codes.append(prior_code.repeat_interleave(trials, 0))
+        stepper = TokenStepper(models, codes)
+        limits = torch.as_tensor(np.asarray(max_len), dtype=torch.long,
+                                 device=dev).repeat_interleave(trials)
+        plans = sample_plans(stepper.step, self.spec.n_actions, limits, use_prior=self.cfg.use_prior,
+                             clip_logp=self.cfg.clip_logp, gamma=self.cfg.gamma,
+                             proposal=proposal or self.cfg.proposal,
+                             termination=termination or self.cfg.termination,
+                             generator=self.generator)
+        return best_of(plans, n)
+
+    # ---------------------------------------------------------------- learning
+    def loss(self, batch: HindsightBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Eq. 9: token-mean NLL of the idm + alpha x token-mean NLL of the prior."""
+        dev = self.device
+        k = torch.as_tensor(batch.k, device=dev)
+        length = int(batch.k.max()) + 1                # tokens: k actions then END
+        actions = torch.as_tensor(batch.actions[:, :length - 1], device=dev)
+        targets = torch.full((len(k), length), _IGNORE, dtype=torch.long, device=dev)
+        targets[:, :length - 1] = torch.where(actions == PAD, _IGNORE, actions)
+        targets.scatter_(1, k.unsqueeze(1), self.spec.n_actions)   # END at position k
+        # Teacher forcing: the input at step i is the action at i - 1 (start: none).
+        prev = torch.cat([torch.full_like(k, -1).unsqueeze(1), actions], 1)
+        idm_code, prior_code = self.model.codes(torch.as_tensor(batch.state, device=dev),
+                                                torch.as_tensor(batch.goal, device=dev))
+        nll_idm = F.cross_entropy(self.model.idm(idm_code, prev).flatten(0, 1), targets.flatten(),
+                                  ignore_index=_IGNORE)
+        nll_prior = F.cross_entropy(self.model.prior(prior_code, prev).flatten(0, 1),
+                                    targets.flatten(), ignore_index=_IGNORE)
+        loss = nll_idm + self.cfg.alpha * nll_prior
+        return loss, {"loss": loss.item(), "nll_idm": nll_idm.item(), "nll_prior": nll_prior.item()}
+
+    def update(self, batch: HindsightBatch) -> dict[str, float]:
+        self.model.train()
+        loss, metrics = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+        self.optimizer.step()
+        self.updates += 1
+        return metrics
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": self.rng.bit_generator.state, "generator": self.generator.get_state(),
+                "updates": self.updates, "open_loop": dict(self._open_loop)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.generator.set_state(state["generator"])
+        self.updates = state["updates"]
+        self._open_loop = dict(state["open_loop"])

@@ -1,0 +1,95 @@
+"""Command line: ``pixelplan train`` and ``pixelplan eval``.
+
+    pixelplan train [--preset auto|paper|gridworld|debug] [--env NAME] [--agent NAME]
+                    [--steps N] [--seed S] [--out DIR] [--glamor.trials 100] ...
+    pixelplan eval --run DIR [--trials N] [--episodes N]
+
+``train`` first picks the preset (``--preset``, default auto: by env), then applies every
+other flag on top of it: any config leaf can be set (``pixelplan train --help`` lists them).
+Re-running ``train`` with the same ``--out`` resumes the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+USAGE = """usage: pixelplan {train,eval} ...
+
+  train   train an agent (default: GLAMOR on the grid world); re-run to resume
+  eval    evaluate a saved run
+
+pixelplan train --help and pixelplan eval --help show the options."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "train":
+            return _train(rest)
+        if command == "eval":
+            return _eval(rest)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"pixelplan {command}: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"pixelplan: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+def _train(args: list[str]) -> int:
+    import tyro
+
+    from pixelplan import config as config_lib
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="auto")
+    pre.add_argument("--env", default="gridworld")
+    known, rest = pre.parse_known_args(args)
+    base = config_lib.preset(known.preset, known.env)
+    cfg = tyro.cli(config_lib.Config, default=base, args=rest + ["--env", known.env],
+                   prog="pixelplan train", description="Train an agent; re-run on the same --out to resume.")
+    if "-h" in rest or "--help" in rest:
+        return 0
+    from pixelplan.runs.train import train
+    summary = train(cfg)
+    print(json.dumps(summary))
+    return 0
+
+
+def _eval(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pixelplan eval", description="Evaluate a saved run.")
+    parser.add_argument("--run", required=True, help="run directory written by pixelplan train")
+    parser.add_argument("--trials", type=int, default=None, help="planner trials (default: the run's)")
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="evaluation episodes (default: one per evaluation goal)")
+    parser.add_argument("--seed", type=int, default=10_000, help="seed of the evaluation resets")
+    opts = parser.parse_args(args)
+
+    from pixelplan.runs import plots
+    from pixelplan.runs.evaluate import evaluate
+    from pixelplan.runs.train import load_agent
+
+    cfg, agent, factory, goals = load_agent(opts.run)
+    if opts.trials is not None:
+        if opts.trials < 1:
+            raise ValueError(f"--trials must be >= 1, got {opts.trials}")
+        agent.cfg.eval_trials = opts.trials
+    result = evaluate(agent, factory, goals, opts.episodes, eval_seed=opts.seed)
+    metrics = {"run": str(opts.run), "env": cfg.env, "agent": cfg.agent,
+               "trials": getattr(agent.cfg, "eval_trials", None) or getattr(agent.cfg, "trials", None),
+               **result.metrics()}
+    name = f"eval-trials{metrics['trials']}"
+    Path(opts.run, f"{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    plots.goal_strip(result.goal_frames, result.final_frames, result.success, Path(opts.run, f"{name}.png"))
+    print(json.dumps(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

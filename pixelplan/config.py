@@ -1,0 +1,220 @@
+"""One typed configuration, one place for defaults, named presets.
+
+``Config`` is the whole run: the environment, the agent's hyperparameters (one section
+per agent), the budget and the bookkeeping. Every leaf can be overridden on the command
+line (``pixelplan train --glamor.lr 1e-3``); the resolved config is saved to the run
+directory as ``config.json``.
+
+Defaults of ``GlamorConfig`` are the GLAMOR paper's Figure 5 values (the big suites).
+Presets:
+
+* ``paper``: Figure 5 as is, for DM Control and Atari.
+* ``gridworld``: the built-in grid world; tuned to learn in a few minutes on a laptop CPU
+  (see docs/glamor.md for each value and why).
+* ``debug``: the grid world with a tiny budget, to run every code path in seconds.
+
+``--preset auto`` (the default) picks ``gridworld`` for grid-world envs and ``paper``
+otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+PRESETS = ("auto", "paper", "gridworld", "debug")
+
+
+@dataclass
+class GlamorConfig:
+    """GLAMOR hyperparameters; defaults are the paper's Figure 5."""
+
+    # --- model (paper 4.2) ---
+    encoder: Literal["auto", "impala", "small"] = "auto"
+    """frame encoder: auto = IMPALA for frames of 64 px and up, a small conv net below"""
+    state_size: int = 512
+    """size of the state code, the goal code and the mixed state-goal code"""
+    mix_hidden: int = 256
+    """hidden width of the MLP that mixes state and goal codes"""
+    lstm_hidden: int = 64
+    """hidden size of the idm and prior LSTMs (one layer each)"""
+
+    # --- loss and optimiser (eq. 9, Figure 5) ---
+    alpha: float = 1.0
+    """weight of the prior's NLL in the loss (eq. 9)"""
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    """max global gradient norm"""
+    batch_size: int = 200
+    max_k: int | None = None
+    """K, the longest hindsight gap sampled for training; None = the env's episode length T"""
+
+    # --- planner (3.4, A.3) ---
+    trials: int = 50
+    """planner trials when collecting data"""
+    eval_trials: int | None = None
+    """planner trials at evaluation (MPC); None = same as trials"""
+    clip_logp: float | None = -3.15
+    """clip-p-actions: tokens with log p_idm below this are not expanded; None = off"""
+    gamma: float = 0.99
+    """length penalty: a plan's score gets (number of actions) x log(gamma)"""
+    use_prior: bool = True
+    """score tokens by log p_idm - log p_prior (True) or log p_idm alone (figure 6 ablation)"""
+    proposal: Literal["guided", "sparse"] = "guided"
+    """guided = sample from softmax(z); sparse = uniform proposals, same scoring (4.7.3)"""
+    termination: Literal["early", "plan_end"] = "early"
+    """early = evaluation ends when the best plan says END now; plan_end = plans must use
+    all remaining steps and the episode runs to T (4.7.2)"""
+
+    # --- collection (3.5, A.3) ---
+    collect: Literal["planner", "random"] = "planner"
+    """planner = open-loop epsilon-greedy plans; random = uniform actions (A.4.1 ablation)"""
+    eps_start: float = 1.0
+    eps_final: float = 0.1
+    eps_steps: int = 300_000
+    """env steps over which epsilon falls linearly from eps_start to eps_final"""
+
+
+@dataclass
+class Config:
+    """A training run."""
+
+    env: str = "gridworld"
+    """environment name for pixelplan.envs.make (e.g. gridworld, gridworld-fourrooms)"""
+    env_options: dict[str, str] = field(default_factory=dict)
+    """keyword arguments for the env, e.g. --env-options size 9 start random"""
+    agent: str = "glamor"
+    """which agent to train"""
+    preset: str = "auto"
+    """the preset these defaults came from (informational; choose it with --preset)"""
+    steps: int = 500_000
+    """env steps to train for"""
+    seed: int = 0
+    out: str | None = None
+    """run directory; default runs/<env>-<agent>-seed<seed>. Re-running on it resumes."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = None
+    """torch CPU threads; None = torch's default"""
+
+    # --- data ---
+    frame_stack: int = 4
+    """frames per state (the goal is a single frame)"""
+    replay_capacity: int = 1_000_000
+    """replay size in frames (each frame stored once)"""
+    n_envs: int = 8
+    """episodes collected side by side (batched planning)"""
+    replay_ratio: float = 4.0
+    """training samples drawn per env step, counted from min_steps_learn on: one batch of
+    batch_size every batch_size / replay_ratio env steps"""
+    min_steps_learn: int = 50_000
+    """env steps collected before training starts"""
+
+    # --- evaluation and bookkeeping ---
+    eval_every: int = 50_000
+    """env steps between evaluations (and at the end)"""
+    eval_episodes: int | None = None
+    """episodes per evaluation; None = one per evaluation goal"""
+    checkpoint_every: int = 50_000
+    """env steps between checkpoints (and at the end)"""
+    log_every: int = 5_000
+    """env steps between training-metric log lines"""
+    progress: bool = True
+    """show a progress bar"""
+
+    glamor: GlamorConfig = field(default_factory=GlamorConfig)
+
+
+def preset(name: str, env: str = "gridworld") -> Config:
+    """The default Config of a named preset."""
+    if name == "auto":
+        name = "gridworld" if env.startswith("gridworld") else "paper"
+    if name == "paper":
+        return Config(env=env, preset="paper")
+    if name == "gridworld":
+        return Config(
+            env=env, preset="gridworld", steps=40_000, replay_capacity=100_000, n_envs=16,
+            replay_ratio=8.0, min_steps_learn=1_000, eval_every=5_000, checkpoint_every=10_000,
+            log_every=1_000,
+            glamor=GlamorConfig(state_size=128, mix_hidden=128, batch_size=64, lr=1e-3,
+                                gamma=0.5, eps_steps=10_000),
+        )
+    if name == "debug":
+        cfg = preset("gridworld", env)
+        return dataclasses.replace(
+            cfg, preset="debug", steps=600, n_envs=4, min_steps_learn=200, eval_every=300,
+            checkpoint_every=300, log_every=100, eval_episodes=8, replay_capacity=2_000,
+            glamor=dataclasses.replace(cfg.glamor, state_size=32, mix_hidden=32, lstm_hidden=16,
+                                       batch_size=16, trials=8, eps_steps=500),
+        )
+    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    data = dict(data)
+    glamor = GlamorConfig(**data.pop("glamor", {}))
+    return Config(**data, glamor=glamor)
+
+
+def save(cfg: Config, path) -> None:
+    with open(path, "w") as f:
+        json.dump(to_dict(cfg), f, indent=2, sort_keys=True)
+
+
+def load(path) -> Config:
+    with open(path) as f:
+        return from_dict(json.load(f))
+
+
+# Fields that may differ between a checkpoint's config and the config that resumes it:
+# they change the budget or the bookkeeping, not what is learned so far.
+RESUMABLE_FIELDS = {"steps", "out", "device", "threads", "eval_every", "eval_episodes",
+                    "checkpoint_every", "log_every", "progress"}
+
+
+def incompatible_fields(saved: Config, new: Config) -> list[str]:
+    """Dotted names of the fields whose values make ``new`` unable to resume ``saved``."""
+    a, b = to_dict(saved), to_dict(new)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in RESUMABLE_FIELDS:
+            continue
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict) and key != "env_options":
+            diffs += [f"{key}.{k}: {a[key].get(k)!r} -> {b[key].get(k)!r}"
+                      for k in sorted(set(a[key]) | set(b[key])) if a[key].get(k) != b[key].get(k)]
+        elif a.get(key) != b.get(key):
+            diffs.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return diffs
+
+
+def validate(cfg: Config) -> None:
+    """Raise ValueError naming the first bad value and what would be valid."""
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ValueError(f"bad config value: {msg}")
+    g = cfg.glamor
+    need(cfg.steps > 0, f"steps must be > 0, got {cfg.steps}")
+    need(cfg.frame_stack >= 1, f"frame_stack must be >= 1, got {cfg.frame_stack}")
+    need(cfg.n_envs >= 1, f"n_envs must be >= 1, got {cfg.n_envs}")
+    need(cfg.replay_ratio > 0, f"replay_ratio must be > 0, got {cfg.replay_ratio}")
+    need(cfg.min_steps_learn >= 0, f"min_steps_learn must be >= 0, got {cfg.min_steps_learn}")
+    need(cfg.eval_every > 0 and cfg.checkpoint_every > 0 and cfg.log_every > 0,
+         "eval_every, checkpoint_every and log_every must be > 0")
+    need(g.batch_size >= 1, f"glamor.batch_size must be >= 1, got {g.batch_size}")
+    need(g.trials >= 1, f"glamor.trials must be >= 1, got {g.trials}")
+    need(g.eval_trials is None or g.eval_trials >= 1, f"glamor.eval_trials must be >= 1, got {g.eval_trials}")
+    need(0 < g.gamma <= 1, f"glamor.gamma must be in (0, 1], got {g.gamma}")
+    need(g.alpha >= 0, f"glamor.alpha must be >= 0, got {g.alpha}")
+    need(g.lr > 0, f"glamor.lr must be > 0, got {g.lr}")
+    need(0 <= g.eps_final <= 1 and 0 <= g.eps_start <= 1,
+         f"glamor.eps_start and eps_final must be in [0, 1], got {g.eps_start}, {g.eps_final}")
+    need(g.eps_steps >= 0, f"glamor.eps_steps must be >= 0, got {g.eps_steps}")
+    need(g.max_k is None or g.max_k >= 1, f"glamor.max_k must be >= 1 or None, got {g.max_k}")
+    need(g.clip_logp is None or g.clip_logp <= 0,
+         f"glamor.clip_logp is a log-probability floor and must be <= 0, got {g.clip_logp}")

@@ -1,0 +1,298 @@
+"""Frame ring buffer with hindsight relabelling (numpy only).
+
+Every frame is stored once, as uint8, in a preallocated ring of ``capacity`` slots.
+Frame stacks, goals and action sequences are rebuilt at sampling time from per-slot
+metadata, so nothing is duplicated. See ``docs/replay.md`` for the layout, the eviction
+rule and the sampling semantics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["PAD", "HindsightBatch", "ReplayBuffer"]
+
+#: Padding value for action slots beyond ``k`` (and the per-slot action at an episode's final frame).
+PAD = -1
+
+# Per-slot metadata arrays (besides the frames); each is int64 of shape (capacity,).
+_META = ("actions", "pos", "ep_len", "ep_id")
+
+
+class HindsightBatch(NamedTuple):
+    """A batch of hindsight-relabelled samples.
+
+    state:   uint8 (B, frame_stack, *frame_shape), oldest frame first; ``state[:, -1]`` is the start frame.
+    goal:    uint8 (B, *frame_shape), the frame ``k`` steps after the start in the same episode.
+    actions: int64 (B, max_k), a_1..a_k then ``PAD``.
+    k:       int64 (B,), number of steps from start to goal (0 at an episode's final frame).
+    start:   int64 (B,), ring slot of the start frame.
+    """
+
+    state: np.ndarray
+    goal: np.ndarray
+    actions: np.ndarray
+    k: np.ndarray
+    start: np.ndarray
+
+
+class ReplayBuffer:
+    """Ring buffer of whole episodes of frames, for goal-conditioned hindsight sampling.
+
+    ``capacity`` counts frames (slots). Episodes are written contiguously at the write
+    position, wrapping around the end of the arrays when needed. Writing an episode that
+    overwrites any slot of an older episode evicts that whole older episode, so every
+    retained episode is complete. Because episodes are written in order and evicted oldest
+    first, the retained slots always form one contiguous arc of the ring ending at the
+    write position; sampling a valid slot is therefore O(1).
+    """
+
+    def __init__(self, capacity: int, frame_shape: tuple[int, ...], frame_stack: int = 4):
+        capacity = int(capacity)
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        frame_stack = int(frame_stack)
+        if frame_stack < 1:
+            raise ValueError(f"frame_stack must be >= 1, got {frame_stack}")
+        frame_shape = tuple(int(d) for d in frame_shape)
+        if any(d < 1 for d in frame_shape):
+            raise ValueError(f"frame_shape dimensions must be >= 1, got {frame_shape}")
+        self.capacity = capacity
+        self.frame_shape = frame_shape
+        self.frame_stack = frame_stack
+
+        self._frames = np.zeros((capacity, *frame_shape), dtype=np.uint8)
+        # Action taken at the slot's frame, or PAD at an episode's final frame.
+        self._actions = np.full(capacity, PAD, dtype=np.int64)
+        # Position of the slot's frame within its episode (0 = first observation).
+        self._pos = np.zeros(capacity, dtype=np.int64)
+        # Number of frames of the slot's episode.
+        self._ep_len = np.zeros(capacity, dtype=np.int64)
+        # Episode id of the slot, or -1 when the slot holds no retained frame.
+        self._ep_id = np.full(capacity, -1, dtype=np.int64)
+
+        # Retained episodes, oldest first: (episode id, start slot, number of frames).
+        self._episodes: deque[tuple[int, int, int]] = deque()
+        self._write = 0
+        self._num_frames = 0
+        self._next_id = 0
+        self._total_steps = 0
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_frames(self) -> int:
+        """Frames currently retained (valid slots)."""
+        return self._num_frames
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._episodes)
+
+    @property
+    def total_steps_added(self) -> int:
+        """Environment steps (actions) ever added, including evicted ones."""
+        return self._total_steps
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of all preallocated arrays."""
+        return int(self._frames.nbytes + sum(getattr(self, "_" + n).nbytes for n in _META))
+
+    @staticmethod
+    def bytes_needed(capacity: int, frame_shape: tuple[int, ...]) -> int:
+        """Memory the arrays of a buffer with this capacity and frame shape will take."""
+        capacity = int(capacity)
+        per_frame = math.prod(int(d) for d in frame_shape)
+        return capacity * (per_frame + 8 * len(_META))
+
+    # ------------------------------------------------------------------ writing
+    def add_episode(self, frames: np.ndarray, actions: np.ndarray) -> None:
+        """Append one whole episode.
+
+        frames: (L+1, *frame_shape) uint8, the first observation and the one after each action.
+        actions: (L,) integers >= 0, ``actions[i]`` taken at ``frames[i]``.
+        """
+        frames = np.asarray(frames)
+        actions = np.asarray(actions)
+        if frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8, got dtype {frames.dtype}")
+        if frames.ndim != 1 + len(self.frame_shape) or tuple(frames.shape[1:]) != self.frame_shape:
+            raise ValueError(
+                f"frames must have shape (L+1, *{self.frame_shape}), got {tuple(frames.shape)}"
+            )
+        n = frames.shape[0]
+        if n < 1:
+            raise ValueError("an episode needs at least one frame (the first observation)")
+        if actions.ndim != 1:
+            raise ValueError(f"actions must be 1-D, got shape {tuple(actions.shape)}")
+        if actions.size and not np.issubdtype(actions.dtype, np.integer):
+            raise ValueError(f"actions must be integers, got dtype {actions.dtype}")
+        if actions.shape[0] != n - 1:
+            raise ValueError(
+                f"len(actions) must be len(frames) - 1 = {n - 1}, got {actions.shape[0]}"
+            )
+        if actions.size and actions.min() < 0:
+            raise ValueError(f"actions must be >= 0 ({PAD} is reserved for padding)")
+        if n > self.capacity:
+            raise ValueError(
+                f"episode of {n} frames is longer than the buffer capacity of {self.capacity} frames"
+            )
+
+        C = self.capacity
+        w = self._write
+        # Evict, oldest first, every episode that intersects the slots [w, w+n) (mod C). The
+        # retained slots are the arc [oldest start, w), so the episodes hit are exactly the
+        # oldest ones whose start lies within n slots after w (a full ring has its oldest
+        # start at w itself).
+        while self._episodes:
+            _, s, m = self._episodes[0]
+            if (s - w) % C >= n:
+                break
+            self._episodes.popleft()
+            self._num_frames -= m
+            self._set_slots(s, m, self._ep_id, -1)
+
+        ep_id = self._next_id
+        self._next_id += 1
+        acts = np.full(n, PAD, dtype=np.int64)
+        acts[: n - 1] = actions
+        self._set_slots(w, n, self._frames, frames)
+        self._set_slots(w, n, self._actions, acts)
+        self._set_slots(w, n, self._pos, np.arange(n, dtype=np.int64))
+        self._set_slots(w, n, self._ep_len, n)
+        self._set_slots(w, n, self._ep_id, ep_id)
+
+        self._episodes.append((ep_id, w, n))
+        self._num_frames += n
+        self._write = (w + n) % C
+        self._total_steps += n - 1
+
+    def _set_slots(self, start: int, n: int, arr: np.ndarray, values) -> None:
+        """arr[(start + arange(n)) % C] = values, as at most two slice assignments."""
+        first = min(n, self.capacity - start)
+        if np.ndim(values) == 0:
+            arr[start : start + first] = values
+            arr[: n - first] = values
+        else:
+            arr[start : start + first] = values[:first]
+            arr[: n - first] = values[first:]
+
+    # ------------------------------------------------------------------ reading
+    def _oldest_start(self) -> int:
+        return self._episodes[0][1] if self._episodes else self._write
+
+    def valid_indices(self) -> np.ndarray:
+        """Slots that currently hold a frame of a retained episode, sorted."""
+        idx = (self._oldest_start() + np.arange(self._num_frames, dtype=np.int64)) % self.capacity
+        idx.sort()
+        return idx
+
+    def steps_left(self, slots: np.ndarray) -> np.ndarray:
+        """Number of actions remaining in the episode after each (valid) slot."""
+        slots = np.asarray(slots, dtype=np.int64)
+        return self._ep_len[slots] - 1 - self._pos[slots]
+
+    def sample(self, batch_size: int, max_k: int, rng: np.random.Generator) -> HindsightBatch:
+        """Sample ``batch_size`` hindsight tuples.
+
+        The start slot is uniform over all retained frames; k is uniform in 1..max_k, then
+        clipped to the steps left in the episode after the start (so k = 0 at a final frame).
+        """
+        if self._num_frames == 0:
+            raise ValueError("cannot sample from an empty ReplayBuffer")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_k < 1:
+            raise ValueError(f"max_k must be >= 1, got {max_k}")
+        offsets = rng.integers(0, self._num_frames, size=batch_size)
+        starts = (self._oldest_start() + offsets) % self.capacity
+        ks = rng.integers(1, max_k + 1, size=batch_size)
+        ks = np.minimum(ks, self.steps_left(starts))
+        return self.gather(starts, ks, max_k)
+
+    def gather(self, starts: np.ndarray, ks: np.ndarray, max_k: int) -> HindsightBatch:
+        """Deterministically build the batch for given start slots and step counts.
+
+        Each ``starts[i]`` must be a valid slot and ``0 <= ks[i] <= min(max_k, steps left)``.
+        """
+        starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+        ks = np.asarray(ks, dtype=np.int64).reshape(-1)
+        max_k = int(max_k)
+        C = self.capacity
+        if starts.shape != ks.shape:
+            raise ValueError(f"starts and ks must have the same length, got {starts.shape} and {ks.shape}")
+        if max_k < 0:
+            raise ValueError(f"max_k must be >= 0, got {max_k}")
+        if starts.size and (starts.min() < 0 or starts.max() >= C):
+            raise ValueError(f"start slots must be in [0, {C})")
+        if np.any(self._ep_id[starts] < 0):
+            raise ValueError("some start slots hold no retained frame (see valid_indices())")
+        pos = self._pos[starts]
+        left = self._ep_len[starts] - 1 - pos
+        if np.any(ks < 0) or np.any(ks > left) or np.any(ks > max_k):
+            raise ValueError("each k must satisfy 0 <= k <= min(max_k, steps left in its episode)")
+
+        ep_start = starts - pos  # may be negative when the episode straddles the wrap point
+        fs = self.frame_stack
+        stack_pos = np.maximum(pos[:, None] + np.arange(-fs + 1, 1, dtype=np.int64), 0)
+        state = self._frames[(ep_start[:, None] + stack_pos) % C]
+        goal = self._frames[(starts + ks) % C]
+        steps = np.arange(max_k, dtype=np.int64)
+        acts = self._actions[(starts[:, None] + steps) % C]
+        acts = np.where(steps < ks[:, None], acts, PAD)
+        return HindsightBatch(state=state, goal=goal, actions=acts, k=ks, start=starts)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, copy: bool = True) -> dict[str, np.ndarray | int]:
+        """Everything needed to restore the buffer exactly.
+
+        With ``copy=False`` the arrays are the buffer's own (no duplication of a large
+        buffer's memory); they then change with later ``add_episode`` calls.
+        """
+        c = np.copy if copy else (lambda a: a)
+        eps = np.array(list(self._episodes), dtype=np.int64).reshape(-1, 3)
+        return {
+            "capacity": self.capacity,
+            "frame_shape": np.array(self.frame_shape, dtype=np.int64),
+            "frame_stack": self.frame_stack,
+            "frames": c(self._frames),
+            **{n: c(getattr(self, "_" + n)) for n in _META},
+            "episodes": eps,
+            "write": self._write,
+            "num_frames": self._num_frames,
+            "next_id": self._next_id,
+            "total_steps": self._total_steps,
+        }
+
+    def load_state_dict(self, state) -> None:
+        """Restore from :meth:`state_dict`; capacity, frame_shape and frame_stack must match."""
+        cap = int(state["capacity"])
+        shape = tuple(int(d) for d in np.asarray(state["frame_shape"]).reshape(-1))
+        fs = int(state["frame_stack"])
+        if cap != self.capacity:
+            raise ValueError(f"state_dict has capacity {cap}, this buffer has capacity {self.capacity}")
+        if shape != self.frame_shape:
+            raise ValueError(f"state_dict has frame_shape {shape}, this buffer has frame_shape {self.frame_shape}")
+        if fs != self.frame_stack:
+            raise ValueError(f"state_dict has frame_stack {fs}, this buffer has frame_stack {self.frame_stack}")
+        frames = np.asarray(state["frames"])
+        if frames.shape != self._frames.shape or frames.dtype != np.uint8:
+            raise ValueError(
+                f"state_dict frames must be uint8 {self._frames.shape}, got {frames.dtype} {frames.shape}"
+            )
+        for n in _META:
+            if np.shape(state[n]) != (cap,):
+                raise ValueError(f"state_dict[{n!r}] must have shape ({cap},), got {np.shape(state[n])}")
+        eps = np.asarray(state["episodes"], dtype=np.int64).reshape(-1, 3)
+        np.copyto(self._frames, frames)
+        for n in _META:
+            np.copyto(getattr(self, "_" + n), np.asarray(state[n]), casting="same_kind")
+        self._episodes = deque((int(i), int(s), int(m)) for i, s, m in eps)
+        self._write = int(state["write"])
+        self._num_frames = int(state["num_frames"])
+        self._next_id = int(state["next_id"])
+        self._total_steps = int(state["total_steps"])

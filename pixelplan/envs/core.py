@@ -1,0 +1,468 @@
+"""The goal-environment contract shared by every pixelplan agent.
+
+A *goal environment* is a Gymnasium environment with discrete actions whose
+observation is a single uint8 image frame, and which can hand out goals: a goal
+is the frame (and the ground-truth features) of a real state of the
+environment.  Agents only ever see frames; the features are for evaluation.
+
+Main pieces:
+
+* :class:`GoalSpec` -- names, feasible ranges and success tolerance of the
+  ground-truth features; decides whether a goal was achieved.
+* :class:`Goal` -- a frame plus the features of the same state.
+* :class:`GoalEnv` -- the base class documenting (and partly implementing) the
+  contract.
+* :class:`GymGoalEnv` -- adapter turning any discrete-action Gymnasium env
+  plus a features function into a :class:`GoalEnv`.
+* :func:`check_goal_frame` -- validation helper for agents.
+
+This module must not import torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+__all__ = ["GoalSpec", "Goal", "GoalEnv", "GymGoalEnv", "check_goal_frame", "as_rng"]
+
+#: ranges narrower than this are treated as 1 when deriving tolerances and
+#: normalising (the GLAMOR authors' rule; avoids zero/huge tolerances).
+MIN_RANGE = 1e-2
+
+
+def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+    """Return ``rng`` if it is a Generator, else ``np.random.default_rng(rng)``."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)
+
+
+def _vector(name: str, value: Any, n: int | None = None) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"GoalSpec.{name} must be 1-D, got shape {arr.shape}")
+    if n is not None and arr.shape[0] != n:
+        raise ValueError(f"GoalSpec.{name} has {arr.shape[0]} entries, expected {n} (one per feature name)")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"GoalSpec.{name} must be finite, got {arr}")
+    arr = arr.copy()
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class GoalSpec:
+    """Ground-truth goal features: names, feasible ranges and success tolerance.
+
+    A goal is achieved when *every* feature is within its tolerance of the
+    goal's value: ``abs(features - goal_features) <= tolerance``.
+    Arrays are stored as read-only float64 copies.
+    """
+
+    names: tuple[str, ...]
+    low: np.ndarray
+    high: np.ndarray
+    tolerance: np.ndarray
+
+    def __post_init__(self) -> None:
+        names = tuple(self.names)
+        if len(names) == 0:
+            raise ValueError("GoalSpec needs at least one feature name")
+        if not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"GoalSpec.names must be non-empty strings, got {names!r}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"GoalSpec.names must be unique, got {names!r}")
+        d = len(names)
+        low = _vector("low", self.low, d)
+        high = _vector("high", self.high, d)
+        tol = np.asarray(self.tolerance, dtype=np.float64)
+        if tol.ndim == 0:
+            tol = np.full(d, float(tol))
+        tol = _vector("tolerance", tol, d)
+        if np.any(high < low):
+            raise ValueError(f"GoalSpec.high must be >= low, got low={low}, high={high}")
+        if np.any(tol < 0):
+            raise ValueError(f"GoalSpec.tolerance must be >= 0, got {tol}")
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
+        object.__setattr__(self, "tolerance", tol)
+
+    @classmethod
+    def from_ranges(
+        cls,
+        names: Sequence[str],
+        low: Sequence[float] | np.ndarray,
+        high: Sequence[float] | np.ndarray,
+        tolerance_fraction: float = 0.1,
+        tolerance: float | Sequence[float] | np.ndarray | None = None,
+    ) -> "GoalSpec":
+        """Build a spec; by default the tolerance is ``tolerance_fraction`` of each range.
+
+        A range (high - low) below 1e-2 counts as 1 for this purpose. An explicit
+        ``tolerance`` (scalar or one per feature) overrides the fraction.
+        """
+        names = tuple(names)
+        low_a = _vector("low", low, len(names))
+        high_a = _vector("high", high, len(names))
+        if tolerance is None:
+            if not np.isfinite(tolerance_fraction) or tolerance_fraction < 0:
+                raise ValueError(f"tolerance_fraction must be a finite number >= 0, got {tolerance_fraction}")
+            rng = high_a - low_a
+            rng = np.where(rng < MIN_RANGE, 1.0, rng)
+            tolerance = tolerance_fraction * rng
+        return cls(names, low_a, high_a, tolerance)
+
+    @property
+    def dim(self) -> int:
+        return len(self.names)
+
+    @property
+    def range(self) -> np.ndarray:
+        """high - low, with ranges below 1e-2 replaced by 1 (safe to divide by)."""
+        r = self.high - self.low
+        return np.where(r < MIN_RANGE, 1.0, r)
+
+    def _check(self, arr: Any, what: str) -> np.ndarray:
+        a = np.asarray(arr, dtype=np.float64)
+        if a.ndim == 0 or a.shape[-1] != self.dim:
+            raise ValueError(
+                f"{what} must have a last axis of size {self.dim} ({', '.join(self.names)}), got shape {a.shape}"
+            )
+        return a
+
+    def achieved(self, features: Any, goal_features: Any) -> np.ndarray:
+        """Boolean success: every feature within tolerance. Broadcasts over leading axes.
+
+        Returns an ``np.bool_`` for 1-D inputs and a bool array otherwise.
+        """
+        f = self._check(features, "features")
+        g = self._check(goal_features, "goal_features")
+        return np.all(np.abs(f - g) <= self.tolerance, axis=-1)
+
+    def normalise(self, features: Any) -> np.ndarray:
+        """Map features to roughly [0, 1]: ``(features - low) / range``."""
+        return (self._check(features, "features") - self.low) / self.range
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable dictionary (see :meth:`from_dict`)."""
+        return {
+            "names": list(self.names),
+            "low": self.low.tolist(),
+            "high": self.high.tolist(),
+            "tolerance": self.tolerance.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GoalSpec":
+        missing = {"names", "low", "high", "tolerance"} - set(d)
+        if missing:
+            raise ValueError(f"GoalSpec dict is missing key(s) {sorted(missing)}")
+        return cls(tuple(d["names"]), d["low"], d["high"], d["tolerance"])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GoalSpec):
+            return NotImplemented
+        return (
+            self.names == other.names
+            and np.array_equal(self.low, other.low)
+            and np.array_equal(self.high, other.high)
+            and np.array_equal(self.tolerance, other.tolerance)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, eq=False)
+class Goal:
+    """A goal: the frame and the ground-truth features of one real env state.
+
+    ``frame`` is a single uint8 frame (same shape as the env observation);
+    ``features`` a 1-D float64 array. Both are stored as read-only copies.
+    """
+
+    frame: np.ndarray
+    features: np.ndarray
+
+    def __post_init__(self) -> None:
+        frame = np.asarray(self.frame)
+        if frame.dtype != np.uint8 or frame.ndim not in (2, 3):
+            raise ValueError(
+                f"Goal.frame must be a uint8 array of shape (H, W) or (H, W, C), got {frame.dtype} {frame.shape}"
+            )
+        feats = np.asarray(self.features, dtype=np.float64)
+        if feats.ndim != 1:
+            raise ValueError(f"Goal.features must be 1-D, got shape {feats.shape}")
+        frame = frame.copy()
+        feats = feats.copy()
+        frame.setflags(write=False)
+        feats.setflags(write=False)
+        object.__setattr__(self, "frame", frame)
+        object.__setattr__(self, "features", feats)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Goal):
+            return NotImplemented
+        return np.array_equal(self.frame, other.frame) and np.array_equal(self.features, other.features)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def check_goal_frame(frame: Any, expected_shape: Sequence[int]) -> np.ndarray:
+    """Raise ``ValueError`` unless ``frame`` is a uint8 array of ``expected_shape``.
+
+    Returns the frame (as an ndarray) when it is valid. The message says what was
+    expected and, where it can guess, what went wrong.
+    """
+    expected = tuple(int(s) for s in expected_shape)
+    if not isinstance(frame, np.ndarray):
+        typename = type(frame).__name__
+        hint = "convert it with np.asarray" if typename != "Goal" else "pass goal.frame, not the Goal"
+        if typename == "Tensor":
+            hint = "pass a numpy array (tensor.cpu().numpy())"
+        raise ValueError(
+            f"goal frame is a {typename}, expected a numpy array of shape {expected} uint8 "
+            f"(a single frame, as returned by env.reset/step): {hint}"
+        )
+    if frame.shape == expected and frame.dtype == np.uint8:
+        return frame
+    hints = []
+    if frame.shape != expected:
+        if frame.ndim == len(expected) + 1 and frame.shape[1:] == expected:
+            hints.append(
+                f"it has an extra leading axis of size {frame.shape[0]} (a frame stack or a batch?); pass one frame"
+            )
+        elif frame.ndim == len(expected) + 1 and frame.shape[:-1] == expected:
+            hints.append("it has an extra channel axis; the env uses frames without it")
+        else:
+            hints.append("use a frame from this env (e.g. env.current_goal().frame or env.evaluation_goals())")
+    if frame.dtype != np.uint8:
+        hints.append(f"dtype is {frame.dtype}: frames are raw uint8 pixels in 0..255, not normalised floats")
+    raise ValueError(
+        f"goal frame has shape {frame.shape} and dtype {frame.dtype}, expected {expected} uint8 "
+        f"(a single frame, as returned by env.reset/step): " + "; ".join(hints)
+    )
+
+
+class GoalEnv(gym.Env):
+    """Base class of the goal-environment contract.
+
+    Subclasses provide:
+
+    * ``observation_space``: ``Box`` of uint8 with the shape of ONE frame,
+      grayscale ``(H, W)`` or colour ``(H, W, C)``.
+    * ``action_space``: ``Discrete(n)``.
+    * ``goal_spec``: a :class:`GoalSpec` for the ground-truth features.
+    * ``max_episode_steps``: the horizon T; the env truncates at T itself.
+    * ``reset(seed=None, options=None) -> (frame, info)`` and
+      ``step(a) -> (frame, 0.0, terminated, truncated, info)``; the reward is
+      always 0 and ``info["features"]`` holds the float64 features of the new
+      state (ground truth for evaluation only: agents never see it).
+    * ``current_goal() -> Goal``: the frame and features of the current state.
+
+    Defaults provided here: :meth:`training_goals` (final states of random
+    episodes), :meth:`evaluation_goals` (not implemented; see
+    :func:`pixelplan.envs.goals.diverse_goals`), :meth:`optimal_steps`
+    (``None``: unknown).
+    """
+
+    goal_spec: GoalSpec
+    max_episode_steps: int
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        """Shape of one frame (the observation shape)."""
+        return tuple(self.observation_space.shape)
+
+    def current_goal(self) -> Goal:
+        raise NotImplementedError(f"{type(self).__name__} must implement current_goal()")
+
+    def training_goals(self, n: int, rng: np.random.Generator | int | None = None) -> list[Goal]:
+        """``n`` goals: final states of uniform-random-policy episodes (as in GLAMOR).
+
+        Each episode starts from ``reset(seed=...)`` with a seed drawn from
+        ``rng`` and lasts ``L ~ Uniform{1..T}`` steps (fewer if it terminates).
+        Deterministic given ``rng``. Leaves the env mid-episode: reset it before
+        use.
+        """
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        rng = as_rng(rng)
+        space = self.action_space
+        if not isinstance(space, gym.spaces.Discrete):
+            raise TypeError(f"training_goals needs a Discrete action space, got {space}")
+        goals = []
+        for _ in range(n):
+            self.reset(seed=int(rng.integers(2**31 - 1)))
+            length = int(rng.integers(1, self.max_episode_steps + 1))
+            for _ in range(length):
+                _, _, terminated, truncated, _ = self.step(int(space.start) + int(rng.integers(space.n)))
+                if terminated or truncated:
+                    break
+            goals.append(self.current_goal())
+        return goals
+
+    def evaluation_goals(self) -> list[Goal]:
+        raise NotImplementedError(
+            f"{type(self).__name__} has no fixed evaluation goal set. Build one from candidate goals with "
+            "pixelplan.envs.goals.diverse_goals(env.training_goals(N, rng), n, env.goal_spec, rng) "
+            "and keep it with pixelplan.envs.goals.save_goals."
+        )
+
+    def optimal_steps(self, start_features: Any, goal_features: Any) -> int | None:
+        """Fewest actions from the start state to the goal, or ``None`` when unknown."""
+        return None
+
+
+def _to_gray(frame: np.ndarray) -> np.ndarray:
+    if frame.ndim == 2:
+        return frame
+    if frame.ndim == 3 and frame.shape[-1] == 1:
+        return frame[..., 0]
+    if frame.ndim == 3 and frame.shape[-1] in (3, 4):
+        rgb = frame[..., :3].astype(np.float32)
+        gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+    raise ValueError(f"cannot convert a frame of shape {frame.shape} to grayscale (expected (H, W, 3))")
+
+
+class GymGoalEnv(GoalEnv):
+    """Adapter: any discrete-action Gymnasium env + a features function -> :class:`GoalEnv`.
+
+    Frames come from ``frame_fn(env, obs)`` when given, else from the
+    observation itself (it must then be an image). With ``grayscale=True``
+    RGB frames are converted to grayscale uint8 (ITU-R 601 luma). Frames must
+    be uint8 ``(H, W)`` or ``(H, W, C)``. ``features_fn(env)`` is called on the
+    wrapped env after every reset/step. The reward is always 0 (the inner
+    reward is kept in ``info["env_reward"]``); ``terminated`` is passed through
+    and the episode is truncated after ``max_episode_steps`` (default: the
+    inner env's ``spec.max_episode_steps``). When ``frame_fn`` is given, the
+    frame shape is found by one probe ``reset()`` of the inner env.
+
+    Example, wrapping a tiny corridor env whose observation is already an image:
+
+    >>> import gymnasium as gym, numpy as np
+    >>> class Corridor(gym.Env):
+    ...     observation_space = gym.spaces.Box(0, 255, (1, 5), np.uint8)
+    ...     action_space = gym.spaces.Discrete(2)
+    ...     def _obs(self):
+    ...         img = np.zeros((1, 5), np.uint8); img[0, self.x] = 255; return img
+    ...     def reset(self, seed=None, options=None):
+    ...         super().reset(seed=seed); self.x = 0; return self._obs(), {}
+    ...     def step(self, a):
+    ...         self.x = min(max(self.x + (1 if a == 1 else -1), 0), 4)
+    ...         return self._obs(), 0.0, False, False, {}
+    >>> spec = GoalSpec.from_ranges(["x"], [0], [4], tolerance=0.5)
+    >>> env = GymGoalEnv(Corridor(), lambda e: [e.x], spec, max_episode_steps=8)
+    >>> frame, info = env.reset(seed=0)
+    >>> frame.shape, info["features"]
+    ((1, 5), array([0.]))
+    >>> frame, reward, terminated, truncated, info = env.step(1)
+    >>> info["features"], env.current_goal().frame[0].tolist()
+    (array([1.]), [0, 255, 0, 0, 0])
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        features_fn: Callable[[gym.Env], Any],
+        goal_spec: GoalSpec,
+        frame_fn: Callable[[gym.Env, Any], np.ndarray] | None = None,
+        max_episode_steps: int | None = None,
+        grayscale: bool = False,
+    ) -> None:
+        if not isinstance(env.action_space, gym.spaces.Discrete):
+            raise ValueError(f"GymGoalEnv needs a Discrete action space, got {env.action_space}")
+        if not isinstance(goal_spec, GoalSpec):
+            raise TypeError(f"goal_spec must be a GoalSpec, got {type(goal_spec).__name__}")
+        if max_episode_steps is None:
+            spec = getattr(env, "spec", None)
+            max_episode_steps = getattr(spec, "max_episode_steps", None)
+            if max_episode_steps is None:
+                raise ValueError(
+                    "GymGoalEnv needs max_episode_steps: the wrapped env has no spec.max_episode_steps"
+                )
+        if int(max_episode_steps) < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        self.env = env
+        self.features_fn = features_fn
+        self.goal_spec = goal_spec
+        self.frame_fn = frame_fn
+        self.grayscale = bool(grayscale)
+        self.max_episode_steps = int(max_episode_steps)
+        self.action_space = env.action_space
+        self.render_mode = getattr(env, "render_mode", None)
+        self._t = 0
+        self._frame: np.ndarray | None = None
+        self._features: np.ndarray | None = None
+
+        space = env.observation_space
+        if frame_fn is None and isinstance(space, gym.spaces.Box) and space.dtype == np.uint8:
+            shape = tuple(space.shape)
+            if self.grayscale and len(shape) == 3:
+                shape = shape[:2]
+        else:
+            if frame_fn is None:
+                raise ValueError(
+                    f"the observation space {space} is not a uint8 image; pass frame_fn(env, obs) -> uint8 frame"
+                )
+            obs, _ = env.reset()
+            shape = self._frame_of(obs).shape
+        if len(shape) not in (2, 3):
+            raise ValueError(f"frames must be (H, W) or (H, W, C), got observation shape {shape}")
+        self.observation_space = gym.spaces.Box(0, 255, shape, np.uint8)
+
+    def _frame_of(self, obs: Any) -> np.ndarray:
+        frame = self.frame_fn(self.env, obs) if self.frame_fn is not None else obs
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8 or frame.ndim not in (2, 3):
+            raise ValueError(
+                f"frame must be a uint8 array of shape (H, W) or (H, W, C), got {frame.dtype} {frame.shape}"
+                + ("" if self.frame_fn is not None else "; pass frame_fn(env, obs) to build frames")
+            )
+        if self.grayscale:
+            frame = _to_gray(frame)
+        return frame
+
+    def _features_now(self) -> np.ndarray:
+        f = np.asarray(self.features_fn(self.env), dtype=np.float64).reshape(-1)
+        if f.shape[0] != self.goal_spec.dim:
+            raise ValueError(f"features_fn returned {f.shape[0]} values, goal_spec has {self.goal_spec.dim}")
+        return f
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._t = 0
+        self._frame = self._frame_of(obs)
+        self._features = self._features_now()
+        info = dict(info)
+        info["features"] = self._features.copy()
+        return self._frame, info
+
+    def step(self, action):
+        if self._frame is None:
+            raise RuntimeError("call reset() before step()")
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._t += 1
+        self._frame = self._frame_of(obs)
+        self._features = self._features_now()
+        info = dict(info)
+        info["features"] = self._features.copy()
+        info["env_reward"] = reward
+        truncated = bool(truncated) or self._t >= self.max_episode_steps
+        return self._frame, 0.0, bool(terminated), truncated, info
+
+    def current_goal(self) -> Goal:
+        if self._frame is None:
+            raise RuntimeError("call reset() before current_goal()")
+        return Goal(self._frame, self._features)
+
+    def render(self):
+        return self.env.render()
+
+    def close(self) -> None:
+        self.env.close()

@@ -1,0 +1,100 @@
+"""Observation wrappers for goal environments.
+
+Frame-stacking rule (shared with the replay buffer): the stack at time t holds
+frames ``t-k+1 .. t``, oldest first; frames before the start of the episode
+are copies of the episode's first frame.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from .core import Goal, GoalSpec
+
+__all__ = ["FrameStack", "stack_from_history"]
+
+
+def stack_from_history(frames: Sequence[np.ndarray] | np.ndarray, k: int) -> np.ndarray:
+    """Frame stacks for every step of one episode.
+
+    ``frames`` holds the episode's frames ``(N, *frame_shape)``; the result has
+    shape ``(N, k, *frame_shape)`` where entry t is frames ``t-k+1 .. t``
+    (oldest first), indices below 0 clamped to 0 (the first frame repeats).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    frames = np.asarray(frames)
+    if frames.ndim < 1 or frames.shape[0] == 0:
+        raise ValueError("stack_from_history needs at least one frame")
+    n = frames.shape[0]
+    idx = np.arange(n)[:, None] - (k - 1) + np.arange(k)[None, :]
+    return frames[np.maximum(idx, 0)]
+
+
+class FrameStack(gym.Wrapper):
+    """Observation = the last ``k`` frames stacked on a new leading axis, oldest first.
+
+    The observation has shape ``(k, *frame_shape)`` uint8. At reset the stack is
+    filled with ``k`` copies of the first frame, i.e. frames before the start of
+    the episode repeat the episode's first frame (the replay buffer uses the
+    same rule, see :func:`stack_from_history`).
+
+    The goal-environment API (``goal_spec``, ``max_episode_steps``,
+    ``current_goal``, ``training_goals``, ``evaluation_goals``,
+    ``optimal_steps``) is forwarded to the wrapped env; goals stay SINGLE
+    frames, not stacks.
+    """
+
+    def __init__(self, env: gym.Env, k: int = 4) -> None:
+        super().__init__(env)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        space = env.observation_space
+        if not isinstance(space, gym.spaces.Box) or space.dtype != np.uint8:
+            raise ValueError(f"FrameStack needs a uint8 Box observation space, got {space}")
+        self.k = int(k)
+        self.observation_space = gym.spaces.Box(0, 255, (self.k, *space.shape), np.uint8)
+        self._frames: deque[np.ndarray] = deque(maxlen=self.k)
+
+    def _obs(self) -> np.ndarray:
+        return np.stack(self._frames)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        frame, info = self.env.reset(seed=seed, options=options)
+        self._frames.clear()
+        for _ in range(self.k):
+            self._frames.append(frame)
+        return self._obs(), info
+
+    def step(self, action):
+        frame, reward, terminated, truncated, info = self.env.step(action)
+        self._frames.append(frame)
+        return self._obs(), reward, terminated, truncated, info
+
+    # Goal-environment API, forwarded.
+    @property
+    def goal_spec(self) -> GoalSpec:
+        return self.env.get_wrapper_attr("goal_spec")
+
+    @property
+    def max_episode_steps(self) -> int:
+        return self.env.get_wrapper_attr("max_episode_steps")
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        return tuple(self.env.observation_space.shape)
+
+    def current_goal(self) -> Goal:
+        return self.env.get_wrapper_attr("current_goal")()
+
+    def training_goals(self, n: int, rng: Any = None) -> list[Goal]:
+        return self.env.get_wrapper_attr("training_goals")(n, rng)
+
+    def evaluation_goals(self) -> list[Goal]:
+        return self.env.get_wrapper_attr("evaluation_goals")()
+
+    def optimal_steps(self, start_features: Any, goal_features: Any) -> int | None:
+        return self.env.get_wrapper_attr("optimal_steps")(start_features, goal_features)

@@ -1,0 +1,103 @@
+"""Convolutional frame encoders.
+
+Two encoders share one constructor, ``make_encoder``:
+
+* ``ImpalaEncoder``: the IMPALA "large" network (Espeholt et al. 2018) as the GLAMOR
+  paper uses it, with GroupNorm. Three stages of 16, 32, 32 channels; each stage is
+  conv3x3 -> maxpool(3, stride 2) -> GroupNorm(4) -> ReLU -> two residual blocks. For
+  104x80 input the flattened feature map is 32 x 12 x 9 = 3456.
+* ``SmallEncoder``: a three-layer conv net for small frames (the grid world's 27x27).
+  Three stride-2 max-pools would shrink such a frame to a few pixels and waste the
+  IMPALA net's compute, so ``kind="auto"`` picks this one below 64 px.
+
+Input is uint8 or float in [0, 255], shape (B, C, H, W); scaling to [0, 1] happens here,
+on the training device, so the replay can hold uint8.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+EncoderKind = Literal["auto", "impala", "small"]
+
+# Frames whose smaller side is below this many pixels get the small encoder under "auto".
+IMPALA_MIN_PIXELS = 64
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm1 = nn.GroupNorm(groups, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, channels)
+        # Zero scale on the last norm: the block starts as the identity, which keeps the
+        # early gradient flow of a deep residual stack clean.
+        nn.init.zeros_(self.norm2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.norm1(self.conv1(x)))
+        return torch.relu(x + self.norm2(self.conv2(y)))
+
+
+class ImpalaEncoder(nn.Module):
+    def __init__(self, in_channels: int, frame_hw: tuple[int, int], out_dim: int,
+                 channels: tuple[int, ...] = (16, 32, 32), groups: int = 4):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for c in channels:
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.MaxPool2d(3, stride=2),
+                       nn.GroupNorm(groups, c), nn.ReLU(),
+                       _ResidualBlock(c, groups), _ResidualBlock(c, groups)]
+            c_in = c
+        self.conv = nn.Sequential(*layers)
+        flat = _flat_size(self.conv, in_channels, frame_hw)
+        self.fc = nn.Linear(flat, out_dim)
+        self.flat_size = flat
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x / 255.0
+        return self.fc(self.conv(x).flatten(1))
+
+
+class SmallEncoder(nn.Module):
+    def __init__(self, in_channels: int, frame_hw: tuple[int, int], out_dim: int,
+                 channels: tuple[int, ...] = (32, 64, 64)):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.ReLU(),
+        )
+        flat = _flat_size(self.conv, in_channels, frame_hw)
+        self.fc = nn.Linear(flat, out_dim)
+        self.flat_size = flat
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x / 255.0
+        return self.fc(self.conv(x).flatten(1))
+
+
+def _flat_size(conv: nn.Module, in_channels: int, frame_hw: tuple[int, int]) -> int:
+    with torch.no_grad():
+        return int(conv(torch.zeros(1, in_channels, *frame_hw)).numel())
+
+
+def make_encoder(kind: EncoderKind, in_channels: int, frame_hw: tuple[int, int],
+                 out_dim: int) -> nn.Module:
+    """Build an encoder; ``auto`` picks IMPALA for frames of 64 px and up, else the small net."""
+    if kind == "auto":
+        kind = "impala" if min(frame_hw) >= IMPALA_MIN_PIXELS else "small"
+    if kind == "impala":
+        if min(frame_hw) < 16:
+            raise ValueError(f"the IMPALA encoder needs frames of at least 16x16 pixels, got "
+                             f"{frame_hw}; use encoder='small'")
+        return ImpalaEncoder(in_channels, frame_hw, out_dim)
+    if kind == "small":
+        return SmallEncoder(in_channels, frame_hw, out_dim)
+    raise ValueError(f"unknown encoder kind {kind!r}: choose 'auto', 'impala' or 'small'")
