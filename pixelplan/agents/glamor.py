@@ -170,9 +170,12 @@ class GlamorAgent:
         k = torch.as_tensor(batch.k, device=dev)
         length = int(batch.k.max()) + 1                # tokens: k actions then END
         actions = torch.as_tensor(batch.actions[:, :length - 1], device=dev)
+        # Targets by position: a_1..a_k, END at k, nothing after (whatever the padding holds).
+        position = torch.arange(length, device=dev).unsqueeze(0)
         targets = torch.full((len(k), length), _IGNORE, dtype=torch.long, device=dev)
-        targets[:, :length - 1] = torch.where(actions == PAD, _IGNORE, actions)
-        targets.scatter_(1, k.unsqueeze(1), self.spec.n_actions)   # END at position k
+        targets[:, :length - 1] = torch.where(position[:, :-1] < k.unsqueeze(1), actions, _IGNORE)
+        targets.scatter_(1, k.unsqueeze(1), self.spec.n_actions)
+        actions = torch.where(position[:, :-1] < k.unsqueeze(1), actions, PAD)
         # Teacher forcing: the input at step i is the action at i - 1 (start: none).
         prev = torch.cat([torch.full_like(k, -1).unsqueeze(1), actions], 1)
         idm_code, prior_code = self.model.codes(torch.as_tensor(batch.state, device=dev),

@@ -65,14 +65,16 @@ class ImpalaEncoder(nn.Module):
 
 
 class SmallEncoder(nn.Module):
+    """Two stride-2 convs and one stride-1 conv: 27x27 -> 6x6x32, about 0.6M MACs a frame."""
+
     def __init__(self, in_channels: int, frame_hw: tuple[int, int], out_dim: int,
-                 channels: tuple[int, ...] = (32, 64, 64)):
+                 channels: tuple[int, ...] = (16, 32, 32)):
         super().__init__()
         c1, c2, c3 = channels
         self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(in_channels, c1, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(),
         )
         flat = _flat_size(self.conv, in_channels, frame_hw)
         self.fc = nn.Linear(flat, out_dim)

@@ -1,0 +1,126 @@
+"""Throughput: env steps/s while training, training samples/s, and planner ms per decision.
+
+    python benchmarks/throughput.py            # CPU, and CUDA too when torch sees a GPU
+    python benchmarks/throughput.py --quick    # smaller budgets (CI smoke run)
+
+* ``train_env_steps_per_s``: the grid-world preset's training loop (collection with
+  planning, replay, updates at its replay ratio), measured after learning has started.
+* ``train_samples_per_s``: hindsight samples through one GLAMOR update, for the grid-world
+  model (27x27 frames) and the paper's model (IMPALA encoders, 104x80 frames, batch 200,
+  K = 50, 18 actions).
+* ``planner_ms_per_decision``: one planning decision of the paper's model: encode one state
+  and goal, sample 50 trials of 50 tokens with both LSTMs, take the argmax. Measured with
+  every trial running the full 50 tokens (``termination=plan_end``: the worst case), and
+  with END allowed (``_early``: the usual case, where sampling stops once every trial ended).
+
+Prints one JSON object on its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+
+def _median_ms(fn, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def _paper_agent(device: str, n_actions: int = 18):
+    from pixelplan.agents.base import ObsSpec
+    from pixelplan.agents.glamor import GlamorAgent
+    from pixelplan.config import Config
+    spec = ObsSpec(frame_shape=(104, 80), frame_stack=4, n_actions=n_actions, max_episode_steps=50)
+    return GlamorAgent(Config(device=device), spec, torch.device(device), seed=0), spec
+
+
+def planner_ms(device: str, repeats: int) -> dict:
+    agent, spec = _paper_agent(device)
+    rng = np.random.default_rng(0)
+    state = rng.integers(0, 255, (1, 4, 104, 80), dtype=np.uint8)
+    goal = rng.integers(0, 255, (1, 104, 80), dtype=np.uint8)
+    full = _median_ms(lambda: agent.plan(state, goal, np.array([50]), 50, termination="plan_end"), repeats)
+    early = _median_ms(lambda: agent.plan(state, goal, np.array([50]), 50, termination="early"), repeats)
+    return {"planner_ms_per_decision": round(full, 2), "planner_ms_per_decision_early": round(early, 2)}
+
+
+def samples_per_s(device: str, repeats: int) -> dict:
+    from pixelplan import config as config_lib
+    from pixelplan.data.replay import ReplayBuffer
+    from pixelplan.runs.train import prepare
+    out = {}
+    cfg = config_lib.preset("gridworld")
+    cfg.device = device
+    _, _, spec, grid_agent, _ = prepare(cfg)
+    paper_agent, paper_spec = _paper_agent(device)
+    for name, agent, sp, max_k in (("gridworld", grid_agent, spec, spec.max_episode_steps),
+                                   ("paper_104x80", paper_agent, paper_spec, 50)):
+        rng = np.random.default_rng(0)
+        replay = ReplayBuffer(20 * (max_k + 1), sp.frame_shape, sp.frame_stack)
+        for _ in range(20):
+            replay.add_episode(rng.integers(0, 255, (max_k + 1, *sp.frame_shape), dtype=np.uint8),
+                               rng.integers(0, sp.n_actions, max_k))
+        batch = replay.sample(agent.batch_size, max_k, rng)
+        ms = _median_ms(lambda: agent.update(batch), repeats if name == "gridworld" else max(2, repeats // 4),
+                        warmup=1)
+        out[f"train_samples_per_s_{name}"] = round(agent.batch_size / ms * 1000, 1)
+        out[f"update_ms_{name}"] = round(ms, 1)
+    return out
+
+
+def training_loop_steps_per_s(device: str, steps: int) -> dict:
+    from pixelplan import config as config_lib
+    from pixelplan.runs.logging import read_metrics
+    from pixelplan.runs.train import train
+    cfg = config_lib.preset("gridworld")
+    cfg.device, cfg.steps, cfg.progress = device, steps, False
+    cfg.eval_every = cfg.checkpoint_every = 10 * steps    # only the final evaluation
+    cfg.log_every = 500
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.out = tmp
+        train(cfg)
+        logs = [r for r in read_metrics(tmp) if r["kind"] == "train" and r["step"] > cfg.min_steps_learn + 500]
+    rates = [r["env_steps_per_s"] for r in logs]
+    return {"train_env_steps_per_s": round(float(np.median(rates)), 1) if rates else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small budgets, for smoke runs")
+    parser.add_argument("--device", nargs="+", default=None, help="devices (default: cpu, and cuda if present)")
+    args = parser.parse_args()
+    devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    repeats = 5 if args.quick else 30
+    results = {"benchmark": "throughput", "machine": platform.processor() or platform.machine(),
+               "cpu_threads": torch.get_num_threads(), "quick": args.quick}
+    for device in devices:
+        r = {}
+        r.update(planner_ms(device, repeats))
+        print(device, r, flush=True)
+        r.update(samples_per_s(device, repeats))
+        print(device, r, flush=True)
+        r.update(training_loop_steps_per_s(device, 1_500 if args.quick else 6_000))
+        print(device, r, flush=True)
+        if device == "cuda":
+            r["gpu"] = torch.cuda.get_device_name()
+        results[device] = r
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Shared fixtures for the planner, agent and run tests."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from pixelplan import config as config_lib
+
+# One CPU thread: faster for these tiny models on a small machine, and bitwise reproducible.
+torch.set_num_threads(1)
+
+# The grid world's debug env: T = 12, so one round of 4 envs is 48 env steps.
+ROUND = 48
+
+
+def small_run_config(out, **overrides) -> config_lib.Config:
+    """A debug-preset run shrunk further: 6 rounds, a checkpoint every 2, updates from round 2."""
+    cfg = config_lib.preset("debug")
+    cfg = dataclasses.replace(
+        cfg, out=str(out), progress=False, device="cpu", threads=1, steps=6 * ROUND,
+        checkpoint_every=2 * ROUND, eval_every=3 * ROUND, log_every=ROUND, min_steps_learn=ROUND,
+        eval_episodes=4, replay_ratio=2.0,
+    )
+    glamor = {k[len("glamor."):]: overrides.pop(k) for k in list(overrides) if k.startswith("glamor.")}
+    cfg = dataclasses.replace(cfg, **overrides)
+    if glamor:
+        cfg.glamor = dataclasses.replace(cfg.glamor, **glamor)
+    return cfg
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A fresh, not yet existing run directory."""
+    return tmp_path / "run"
+
+
+@pytest.fixture
+def make_run_config():
+    return small_run_config

@@ -1,0 +1,289 @@
+"""GLAMOR: the token stepper, the loss masking, and the agent's acting rules."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from pixelplan import config as config_lib
+from pixelplan.agents import TERMINATE, ObsSpec, make_agent
+from pixelplan.agents.glamor import GlamorAgent
+from pixelplan.data.replay import PAD, HindsightBatch, ReplayBuffer
+from pixelplan.nets.action_model import ActionSequenceModel, TokenStepper
+
+N_ACTIONS = 4
+T = 6
+SPEC = ObsSpec(frame_shape=(27, 27), frame_stack=2, n_actions=N_ACTIONS, max_episode_steps=T)
+
+
+def make_glamor(seed: int = 0, **glamor) -> GlamorAgent:
+    cfg = config_lib.preset("debug")
+    cfg.glamor = dataclasses.replace(cfg.glamor, **glamor)
+    agent = make_agent("glamor", cfg, SPEC, torch.device("cpu"), seed)
+    assert isinstance(agent, GlamorAgent)
+    return agent
+
+
+def frames(rng: np.random.Generator, *shape) -> np.ndarray:
+    return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+# ---------------------------------------------------- TokenStepper vs forward
+@pytest.mark.parametrize("seed", range(4))
+def test_token_stepper_matches_teacher_forced_forward(seed):
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    n_actions = [2, 3, 4, 5][seed]
+    hidden = [8, 16, 5, 12][seed]
+    rows, length = 7, 6
+    idm = ActionSequenceModel(10, n_actions, hidden)
+    prior = ActionSequenceModel(6, n_actions, hidden)      # different code sizes are fine
+    for p in list(idm.parameters()) + list(prior.parameters()):   # leave the default init behind
+        p.data.normal_(0, 0.5, generator=gen)
+    codes = [torch.randn(rows, 10, generator=gen), torch.randn(rows, 6, generator=gen)]
+    seq = torch.randint(0, n_actions, (rows, length), generator=gen)
+    # Teacher forcing feeds "no action" first, then a_1..a_{L-1}.
+    prev = torch.cat([torch.full((rows, 1), -1), seq[:, :-1]], 1)
+    with torch.no_grad():
+        want = torch.stack([F.log_softmax(m(c, prev), -1) for m, c in zip((idm, prior), codes)])
+        stepper = TokenStepper([idm, prior], codes)
+        tokens = torch.cat([torch.full((rows, 1), n_actions), seq[:, :-1]], 1)   # n_actions = plan start
+        got = torch.stack([stepper.step(tokens[:, i]) for i in range(length)], 2)   # (M, R, L, A+1)
+        single = TokenStepper([prior], [codes[1]])
+        got_single = torch.stack([single.step(tokens[:, i]) for i in range(length)], 2)
+    assert got.shape == (2, rows, length, n_actions + 1)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    assert torch.allclose(got_single[0], want[1], atol=1e-5)
+
+
+def test_token_stepper_rejects_mismatched_models():
+    with pytest.raises(ValueError, match="share n_actions and hidden"):
+        TokenStepper([ActionSequenceModel(4, 3, 8), ActionSequenceModel(4, 3, 9)],
+                     [torch.zeros(2, 4), torch.zeros(2, 4)])
+
+
+# ------------------------------------------------------------- loss masking
+def make_batch(rng, ks, max_k=T) -> HindsightBatch:
+    ks = np.asarray(ks, dtype=np.int64)
+    acts = rng.integers(0, N_ACTIONS, size=(len(ks), max_k))
+    acts = np.where(np.arange(max_k) < ks[:, None], acts, PAD).astype(np.int64)
+    return HindsightBatch(state=frames(rng, len(ks), SPEC.frame_stack, 27, 27), goal=frames(rng, len(ks), 27, 27),
+                          actions=acts, k=ks, start=np.arange(len(ks), dtype=np.int64))
+
+
+def loss_of(agent: GlamorAgent, batch: HindsightBatch) -> float:
+    with torch.no_grad():
+        return agent.loss(batch)[0].item()
+
+
+def hand_loss(agent: GlamorAgent, batch: HindsightBatch) -> float:
+    """Token-mean NLL over a_1..a_k, END of each row, each row run alone (no padding at all)."""
+    end = SPEC.n_actions
+    with torch.no_grad():
+        idm_code, prior_code = agent.model.codes(torch.as_tensor(batch.state), torch.as_tensor(batch.goal))
+        totals, tokens = [0.0, 0.0], 0
+        for r, k in enumerate(batch.k.tolist()):
+            seq = batch.actions[r, :k].tolist()
+            prev = torch.tensor([[-1] + seq])                          # k + 1 inputs
+            target = torch.tensor(seq + [end])                         # k + 1 targets
+            for j, (model, code) in enumerate(((agent.model.idm, idm_code), (agent.model.prior, prior_code))):
+                logp = F.log_softmax(model(code[r:r + 1], prev)[0], -1)
+                totals[j] -= float(logp[torch.arange(k + 1), target].sum())
+            tokens += k + 1
+    return totals[0] / tokens + agent.cfg.alpha * totals[1] / tokens
+
+
+def test_loss_is_token_mean_nll_over_actions_and_end():
+    agent = make_glamor(alpha=0.7)
+    rng = np.random.default_rng(0)
+    batch = make_batch(rng, [0, 3, 1, 6, 0, 2])
+    loss, metrics = agent.loss(batch)
+    assert loss.item() == pytest.approx(hand_loss(agent, batch), abs=1e-5)
+    assert metrics["loss"] == pytest.approx(metrics["nll_idm"] + 0.7 * metrics["nll_prior"], abs=1e-6)
+
+
+def test_loss_with_unused_action_columns_beyond_max_k():
+    # max(k) = 2 but the batch carries T columns: the extra all-PAD columns change nothing.
+    agent = make_glamor()
+    rng = np.random.default_rng(1)
+    batch = make_batch(rng, [2, 0, 1])
+    narrow = batch._replace(actions=batch.actions[:, :2])
+    assert loss_of(agent, batch) == pytest.approx(hand_loss(agent, batch), abs=1e-5)
+    assert loss_of(agent, narrow) == pytest.approx(loss_of(agent, batch), abs=1e-6)
+
+
+def test_k_zero_rows_contribute_exactly_one_end_token():
+    agent = make_glamor()
+    rng = np.random.default_rng(2)
+    batch = make_batch(rng, [0, 0, 0])
+    end = SPEC.n_actions
+    with torch.no_grad():
+        idm_code, prior_code = agent.model.codes(torch.as_tensor(batch.state), torch.as_tensor(batch.goal))
+        start = torch.full((3, 1), -1)
+        want = -(F.log_softmax(agent.model.idm(idm_code, start)[:, 0], -1)[:, end].mean()
+                 + agent.cfg.alpha * F.log_softmax(agent.model.prior(prior_code, start)[:, 0], -1)[:, end].mean())
+    assert loss_of(agent, batch) == pytest.approx(float(want), abs=1e-5)
+    # Weight of a k = 0 row in a mixed batch: 1 token of 1 + 4 = 5.
+    mixed = make_batch(rng, [0, 3])
+    zero, three = (mixed._replace(**{f: getattr(mixed, f)[i:i + 1] for f in ("state", "goal", "actions", "k")})
+                   for i in (0, 1))
+    combined = (1 * loss_of(agent, zero) + 4 * loss_of(agent, three)) / 5
+    assert loss_of(agent, mixed) == pytest.approx(combined, abs=1e-5)
+
+
+def test_loss_from_real_replay_batches():
+    # Batches from the replay itself, including k = 0 samples at episodes' final frames.
+    agent = make_glamor()
+    rng = np.random.default_rng(3)
+    replay = ReplayBuffer(200, SPEC.frame_shape, SPEC.frame_stack)
+    for length in (T, 3, 1, T):
+        replay.add_episode(frames(rng, length + 1, 27, 27), rng.integers(0, N_ACTIONS, size=length))
+    valid = replay.valid_indices()
+    starts = np.concatenate([valid[:8], valid[-3:]])
+    ks = np.minimum(np.arange(len(starts)) % (T + 1), replay.steps_left(starts))
+    batch = replay.gather(starts, ks, T)
+    assert (batch.k == 0).any() and batch.k.max() >= 3
+    assert loss_of(agent, batch) == pytest.approx(hand_loss(agent, batch), abs=1e-5)
+
+
+def test_changing_padded_actions_does_not_change_the_loss():
+    agent = make_glamor()
+    rng = np.random.default_rng(4)
+    batch = make_batch(rng, [0, 2, 5, 1])
+    base = loss_of(agent, batch)
+    junk = batch.actions.copy()
+    pad = np.arange(T) >= batch.k[:, None]
+    junk[pad] = rng.integers(0, N_ACTIONS, size=int(pad.sum()))
+    assert loss_of(agent, batch._replace(actions=junk)) == pytest.approx(base, abs=1e-6)
+
+
+def test_changing_actions_inside_k_does_change_the_loss():
+    # The counterpart of the padding test: real actions are targets.
+    agent = make_glamor()
+    rng = np.random.default_rng(5)
+    batch = make_batch(rng, [0, 2, 5, 1])
+    changed = batch.actions.copy()
+    changed[2, 3] = (changed[2, 3] + 1) % N_ACTIONS
+    assert abs(loss_of(agent, batch._replace(actions=changed)) - loss_of(agent, batch)) > 1e-6
+
+
+# ------------------------------------------------------------------- acting
+def obs_batch(rng, n):
+    return frames(rng, n, SPEC.frame_stack, 27, 27), frames(rng, n, 27, 27)
+
+
+def bias_idm(agent: GlamorAgent, token: int) -> None:
+    """Make the idm put (almost) all its mass on ``token`` at every step, whatever the input."""
+    head = agent.model.idm.head
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-25.0)
+        head.bias[token] = 25.0
+
+
+def test_act_terminates_when_no_steps_are_left():
+    agent = make_glamor()
+    rng = np.random.default_rng(6)
+    state, goal = obs_batch(rng, 3)
+    bias_idm(agent, 1)                     # the idm would go on forever if it could
+    out = agent.act(state, goal, np.array([T, T, T]), explore=False, env_steps=0)
+    assert out.tolist() == [TERMINATE] * 3
+    mixed = agent.act(state, goal, np.array([T, 0, T - 1]), explore=False, env_steps=0)
+    assert mixed.tolist() == [TERMINATE, 1, 1]
+
+
+def test_act_terminates_when_the_best_plan_is_end_now():
+    agent = make_glamor()
+    rng = np.random.default_rng(7)
+    state, goal = obs_batch(rng, 4)
+    bias_idm(agent, N_ACTIONS)             # END
+    out = agent.act(state, goal, np.zeros(4, dtype=np.int64), explore=False, env_steps=0)
+    assert out.tolist() == [TERMINATE] * 4
+
+
+def test_act_returns_the_first_action_of_the_best_plan():
+    agent = make_glamor()
+    rng = np.random.default_rng(8)
+    state, goal = obs_batch(rng, 5)
+    bias_idm(agent, 2)
+    out = agent.act(state, goal, np.array([0, 1, 2, 3, 5]), explore=False, env_steps=0)
+    assert out.dtype.kind == "i" and out.tolist() == [2] * 5
+    plans = agent.plan(state, goal, np.array([T, 3, 0, 1, 2]), trials=4)
+    assert plans.lengths.tolist() == [T, 3, 0, 1, 2]     # END only where forced
+    assert plans.actions[0].tolist() == [2] * T
+
+
+def test_act_plan_end_at_the_last_step_returns_a_valid_action():
+    agent = make_glamor(termination="plan_end")
+    rng = np.random.default_rng(9)
+    state, goal = obs_batch(rng, 50)
+    out = agent.act(state, goal, np.full(50, T), explore=False, env_steps=0)
+    assert ((out >= 0) & (out < N_ACTIONS)).all()
+
+
+def test_explore_with_epsilon_one_is_uniform_random():
+    agent = make_glamor(eps_start=1.0, eps_final=1.0)
+    bias_idm(agent, 2)                     # a plan, if used, would say 2 every time
+    rng = np.random.default_rng(10)
+    n = 2000
+    state, goal = obs_batch(rng, n)
+    counts = np.zeros(N_ACTIONS)
+    for t in range(3):
+        out = agent.act(state, goal, np.full(n, t), explore=True, env_steps=10_000)
+        assert out.shape == (n,) and ((out >= 0) & (out < N_ACTIONS)).all()
+        counts += np.bincount(out, minlength=N_ACTIONS)
+    freq = counts / counts.sum()
+    assert np.abs(freq - 1 / N_ACTIONS).max() < 0.02, freq
+
+
+def test_explore_with_epsilon_zero_follows_the_plan_open_loop():
+    # Contrast for the test above: with epsilon 0 the training plan is followed.
+    agent = make_glamor(eps_start=0.0, eps_final=0.0)
+    bias_idm(agent, 3)
+    rng = np.random.default_rng(11)
+    state, goal = obs_batch(rng, 6)
+    for t in range(T):
+        out = agent.act(state, goal, np.full(6, t), explore=True, env_steps=0)
+        assert out.tolist() == [3] * 6
+
+
+def test_epsilon_schedule():
+    agent = make_glamor(eps_start=1.0, eps_final=0.2, eps_steps=100)
+    assert agent.epsilon(0) == pytest.approx(1.0)
+    assert agent.epsilon(50) == pytest.approx(0.6)
+    assert agent.epsilon(100) == pytest.approx(0.2)
+    assert agent.epsilon(10_000) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("what,bad,expected", [
+    ("goal", lambda rng: frames(rng, 2, 28, 27), "(batch, 27, 27)"),
+    ("goal", lambda rng: frames(rng, 2, 27, 27).astype(np.float32), "(batch, 27, 27)"),
+    ("goal", lambda rng: frames(rng, 2, SPEC.frame_stack, 27, 27), "(batch, 27, 27)"),
+    ("state", lambda rng: frames(rng, 2, 27, 27), f"(batch, {SPEC.frame_stack}, 27, 27)"),
+])
+@pytest.mark.parametrize("explore", [False, True])
+def test_act_rejects_frames_of_the_wrong_shape_or_dtype(what, bad, expected, explore):
+    agent = make_glamor()
+    rng = np.random.default_rng(12)
+    state, goal = obs_batch(rng, 2)
+    args = {"state": state, "goal": goal, what: bad(rng)}
+    with pytest.raises(ValueError) as info:
+        agent.act(args["state"], args["goal"], np.zeros(2, dtype=np.int64), explore=explore, env_steps=0)
+    msg = str(info.value)
+    assert what in msg and expected in msg and "uint8" in msg
+
+
+def test_agent_state_dict_round_trip_reproduces_plans():
+    agent = make_glamor(seed=3)
+    rng = np.random.default_rng(13)
+    state, goal = obs_batch(rng, 3)
+    saved = {k: v for k, v in agent.state_dict().items()}
+    first = agent.plan(state, goal, np.array([T, 2, 4]), trials=8)
+    other = make_glamor(seed=4)
+    other.load_state_dict(saved)
+    again = other.plan(state, goal, np.array([T, 2, 4]), trials=8)
+    assert torch.equal(first.actions, again.actions) and torch.allclose(first.scores, again.scores)
