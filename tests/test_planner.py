@@ -259,8 +259,9 @@ def clip_violations(plans, model, limits, clip, termination, row_table):
             allowed = permitted_tokens(i, int(limits[r]), model.n_actions, termination)
             lp = lp_idm[t, i, prev]
             assert tok in allowed
-            if any(float(lp[a]) >= clip for a in allowed):
-                below_taken += float(lp[tok]) < clip
+            # END is never clipped (it ends a plan, it does not expand it).
+            if any(a == model.end or float(lp[a]) >= clip for a in allowed):
+                below_taken += tok != model.end and float(lp[tok]) < clip
             else:
                 all_clipped += 1
                 favourite = max(allowed, key=lambda a: float(lp[a]))
@@ -286,7 +287,22 @@ def test_clipped_tokens_are_never_expanded(termination):
     assert clip_violations(unclipped, model, limits, clip, termination, row_table)[0] > 50
 
 
-@pytest.mark.parametrize("termination", ["early", "plan_end"])
+def test_end_is_never_clipped_so_a_fully_clipped_row_ends():
+    n_actions, clip = 3, -0.5
+    model = TableModel(n_actions, 4, 2, n_tables=4, seed=12, scale=3.0)
+    model.logits[0] *= 0.05        # every idm log-prob about -log 4, below the clip
+    rows = 400
+    row_table = torch.arange(rows) % 4
+    limits = 1 + torch.arange(rows) // 4 % 4
+    plans = sample_plans(model.step_fn(row_table), n_actions, limits, clip_logp=clip, termination="early",
+                         generator=torch.Generator().manual_seed(7))
+    assert (plans.lengths == 0).all()
+    free = sample_plans(model.step_fn(row_table), n_actions, limits, clip_logp=None, termination="early",
+                        generator=torch.Generator().manual_seed(7))
+    assert (free.lengths > 0).sum() > rows // 2
+
+
+@pytest.mark.parametrize("termination", ["plan_end"])
 def test_when_every_permitted_token_is_clipped_the_idm_favourite_is_taken(termination):
     n_actions, clip = 3, -0.5
     model = TableModel(n_actions, 4, 2, n_tables=4, seed=12, scale=3.0)

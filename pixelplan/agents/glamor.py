@@ -26,8 +26,8 @@ they are silent (also in docs/glamor.md):
   (goal = state, target END alone). The release samples the same way.
 * The loss masks padding with an ignore index instead of a PAD output class; the
   likelihood is the same.
-* The clip also applies to END; if every token is clipped, the idm's most likely token is
-  kept (the release set clipped z to -20, which has the same effect there).
+* The clip applies to action tokens, not to END (END ends a plan, it does not expand it);
+  see planners/shooting.py for why this matters under hindsight relabelling.
 * While epsilon is 1 the planner's output would be discarded, so no plan is computed.
 * The grid world uses its own preset (config.py, docs/glamor.md), with a small conv
   encoder for its 27x27 frames instead of the IMPALA net.

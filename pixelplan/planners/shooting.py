@@ -24,10 +24,13 @@ to the length rules only), so the intermediate probabilities do not guide the se
 scoring is unchanged.
 
 Choices where the paper is silent (documented in docs/glamor.md):
-* The clip also applies to END, since END is a token like any other. If every token a
-  row may take is clipped, the token with the highest log p_idm stays available, so a
-  row can always continue (the authors' release instead set clipped z to -20, which has
-  the same effect in that case).
+* The clip applies to action tokens only: END ends a plan rather than expanding it. (Clipping
+  END too would forbid "END now" whenever p_idm(END | s, g) < e^-3.15, and under
+  hindsight relabelling p_idm(END | s, g = s) is small even when s = g, because random
+  walks that return to s outnumber the k = 0 samples.) If every action a row may take
+  is clipped and END is not permitted (plan_end), the action with the highest log p_idm
+  stays available, so a row can always continue (the authors' release set clipped z to
+  -20, which has the same effect there).
 * Sampling uses the Gumbel-max trick with noise drawn from a caller-supplied generator,
   so plans are reproducible under a fixed seed.
 
@@ -92,11 +95,12 @@ def sample_plans(step: StepFn, n_actions: int, max_len: torch.Tensor, *, use_pri
         if proposal == "guided":
             allowed = permitted
             if clip_logp is not None:
-                keep = logp_idm >= clip_logp
-                # Never clip every permitted token: the idm's favourite one stays open.
-                fallback = torch.where(permitted, logp_idm, -math.inf).argmax(1, keepdim=True)
-                keep = keep.scatter(1, fallback, True)
-                allowed = permitted & keep
+                # END does not expand a plan, so only action tokens are clipped.
+                allowed = permitted & ((logp_idm >= clip_logp) | is_end_col)
+                # Never clip every permitted token: then the idm's favourite one stays open.
+                favourite = torch.where(permitted, logp_idm, -math.inf).argmax(1, keepdim=True)
+                stuck = allowed.any(1, keepdim=True).logical_not()
+                allowed = allowed.scatter(1, favourite, stuck | allowed.gather(1, favourite))
             logits = torch.where(allowed, z, -math.inf)
         else:
             logits = torch.where(permitted, 0.0, -math.inf)
