@@ -135,16 +135,16 @@ def preset(name: str, env: str = "gridworld") -> Config:
         return Config(env=env, preset="paper")
     if name == "gridworld":
         return Config(
-            env=env, preset="gridworld", steps=40_000, replay_capacity=100_000, n_envs=16,
-            replay_ratio=8.0, min_steps_learn=1_000, eval_every=5_000, checkpoint_every=10_000,
+            env=env, preset="gridworld", steps=40_000, replay_capacity=50_000, n_envs=16,
+            replay_ratio=16.0, min_steps_learn=1_000, eval_every=5_000, checkpoint_every=10_000,
             log_every=1_000,
-            glamor=GlamorConfig(state_size=128, mix_hidden=128, batch_size=64, lr=1e-3,
-                                gamma=0.5, eps_steps=10_000),
+            glamor=GlamorConfig(state_size=128, mix_hidden=128, batch_size=256, lr=1e-3,
+                                gamma=0.3, eps_steps=80_000),
         )
     if name == "debug":
         cfg = preset("gridworld", env)
         return dataclasses.replace(
-            cfg, preset="debug", steps=600, n_envs=4, min_steps_learn=200, eval_every=300,
+            cfg, preset="debug", steps=600, replay_ratio=8.0, n_envs=4, min_steps_learn=200, eval_every=300,
             checkpoint_every=300, log_every=100, eval_episodes=8, replay_capacity=2_000,
             glamor=dataclasses.replace(cfg.glamor, state_size=32, mix_hidden=32, lstm_hidden=16,
                                        batch_size=16, trials=8, eps_steps=500),
