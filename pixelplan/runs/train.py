@@ -1,0 +1,315 @@
+"""The online training loop, shared by every online agent.
+
+One *round* collects one episode in each of ``n_envs`` envs side by side (the agent acts on
+all rows at once), training as it goes; whole episodes enter the replay at the end of the
+round. Evaluations, logs and checkpoints happen between rounds, so a checkpoint is a
+clean cut: a killed run resumes from its last checkpoint and continues exactly as an
+uninterrupted run would (every env reset draws its seed from the run's RNG, which the
+checkpoint holds).
+
+Replay ratio: from ``min_steps_learn`` on, the loop keeps the number of training samples
+drawn (updates x batch size) at ``replay_ratio`` x the env steps collected since
+``min_steps_learn``, checked after every vector step.
+
+Nothing in here is specific to one agent: agents are built by name and used through
+``act``, ``update`` and ``state_dict``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixelplan import config as config_lib
+from pixelplan.agents import ObsSpec, make_agent, resolve_device
+from pixelplan.config import Config
+from pixelplan.data.replay import ReplayBuffer
+from pixelplan.envs import make as make_env
+from pixelplan.envs.wrappers import FrameStack
+from pixelplan.runs import plots
+from pixelplan.runs.evaluate import EvalResult, evaluate
+from pixelplan.runs.logging import MetricsLog, read_metrics
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+TRAINING_GOALS = 1000
+
+
+class IncompatibleCheckpoint(ValueError):
+    """The run directory holds a checkpoint this config cannot resume."""
+
+
+@dataclass
+class LoopState:
+    env_steps: int = 0
+    episodes: int = 0
+    updates: int = 0
+    wall_seconds: float = 0.0
+    next_eval: int = 0
+    next_checkpoint: int = 0
+    next_log: int = 0
+    rng: dict = field(default_factory=dict)
+    pending_metrics: list = field(default_factory=list)   # training metrics not yet logged
+
+
+def default_out(cfg: Config) -> str:
+    return str(Path("runs") / f"{cfg.env.replace(':', '-')}-{cfg.agent}-seed{cfg.seed}")
+
+
+def parse_env_options(options: dict[str, str]) -> dict:
+    """CLI strings to Python values: ints, floats, booleans and None where they parse."""
+    out = {}
+    for key, value in options.items():
+        if not isinstance(value, str):
+            out[key] = value
+        elif value.lower() in ("none", "null"):
+            out[key] = None
+        elif value.lower() in ("true", "false"):
+            out[key] = value.lower() == "true"
+        else:
+            for cast in (int, float):
+                try:
+                    out[key] = cast(value)
+                    break
+                except ValueError:
+                    continue
+            else:
+                out[key] = value
+    return out
+
+
+def env_factory(cfg: Config):
+    options = parse_env_options(cfg.env_options)
+    return lambda: FrameStack(make_env(cfg.env, **options), cfg.frame_stack)
+
+
+def obs_spec_of(env) -> ObsSpec:
+    return ObsSpec(frame_shape=tuple(env.unwrapped.frame_shape), frame_stack=env.k,
+                   n_actions=int(env.action_space.n),
+                   max_episode_steps=int(env.unwrapped.max_episode_steps))
+
+
+def prepare(cfg: Config):
+    """Env factory, spec, agent and device for a config (shared by train and eval)."""
+    config_lib.validate(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    factory = env_factory(cfg)
+    probe = factory()
+    spec = obs_spec_of(probe)
+    device = resolve_device(cfg.device)
+    agent = make_agent(cfg.agent, cfg, spec, device, cfg.seed)
+    return factory, probe, spec, agent, device
+
+
+def train(cfg: Config) -> dict:
+    """Train (or resume) the run ``cfg`` describes; returns its summary."""
+    started = time.perf_counter()
+    cfg.out = cfg.out or default_out(cfg)
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT
+    saved_cfg_path = out / "config.json"
+    resuming = ckpt_path.exists()
+    if resuming and saved_cfg_path.exists():
+        diffs = config_lib.incompatible_fields(config_lib.load(saved_cfg_path), cfg)
+        if diffs:
+            raise IncompatibleCheckpoint(
+                f"{out} holds a checkpoint of a run with a different config, so it cannot be resumed:\n  "
+                + "\n  ".join(diffs)
+                + f"\nUse a new --out directory, or delete {out} to start over.")
+    torch.manual_seed(cfg.seed)
+    factory, probe, spec, agent, _ = prepare(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    config_lib.save(cfg, saved_cfg_path)
+
+    envs = [factory() for _ in range(cfg.n_envs)]
+    replay = ReplayBuffer(cfg.replay_capacity, spec.frame_shape, spec.frame_stack)
+    if spec.max_episode_steps + 1 > cfg.replay_capacity:
+        raise ValueError(f"replay_capacity ({cfg.replay_capacity}) must hold at least one episode "
+                         f"({spec.max_episode_steps + 1} frames)")
+    goal_pool = probe.unwrapped.training_goals(TRAINING_GOALS, np.random.default_rng([cfg.seed, 1]))
+    goal_frames = np.stack([g.frame for g in goal_pool])
+    eval_goals = probe.unwrapped.evaluation_goals()
+    rng = np.random.default_rng([cfg.seed, 2])
+    state = LoopState(next_eval=cfg.eval_every, next_checkpoint=cfg.checkpoint_every,
+                      next_log=cfg.log_every)
+    if resuming:
+        state = _load_checkpoint(ckpt_path, cfg, spec, agent, replay, rng)
+    log = MetricsLog(out, resume_step=state.env_steps if resuming else None)
+    wall_before = state.wall_seconds
+
+    def wall() -> float:
+        return wall_before + time.perf_counter() - started
+
+    bar = _progress(cfg, state.env_steps)
+    last_eval: dict = {}
+    train_metrics = state.pending_metrics
+    steps_at_last_log, time_at_last_log = state.env_steps, time.perf_counter()
+    try:
+        while state.env_steps < cfg.steps:
+            steps_before = state.env_steps
+            episodes = _collect_round(cfg, envs, agent, replay, goal_frames, rng, state, train_metrics)
+            for frames, actions in episodes:
+                replay.add_episode(frames, actions)
+            state.episodes += len(episodes)
+            if bar is not None:
+                bar.update(state.env_steps - steps_before)
+            if state.env_steps >= state.next_log:
+                now = time.perf_counter()
+                values = _mean(train_metrics)
+                values.update(env_steps_per_s=(state.env_steps - steps_at_last_log) / (now - time_at_last_log),
+                              updates=state.updates, episodes=state.episodes, replay_frames=replay.num_frames,
+                              wall_seconds=wall())
+                if hasattr(agent, "epsilon"):
+                    values["epsilon"] = agent.epsilon(state.env_steps)
+                log.log(state.env_steps, "train", values)
+                train_metrics.clear()
+                steps_at_last_log, time_at_last_log = state.env_steps, now
+                while state.next_log <= state.env_steps:
+                    state.next_log += cfg.log_every
+            final = state.env_steps >= cfg.steps
+            if state.env_steps >= state.next_eval or final:
+                result = evaluate(agent, factory, eval_goals, cfg.eval_episodes)
+                last_eval = result.metrics()
+                log.log(state.env_steps, "eval", {**last_eval, "wall_seconds": wall()})
+                if bar is not None:
+                    bar.set_postfix(success=f"{last_eval['success_rate']:.2f}", refresh=False)
+                while state.next_eval <= state.env_steps:
+                    state.next_eval += cfg.eval_every
+                if final:
+                    _write_figures(out, cfg, result)
+            if state.env_steps >= state.next_checkpoint or final:
+                while state.next_checkpoint <= state.env_steps:
+                    state.next_checkpoint += cfg.checkpoint_every
+                state.wall_seconds = wall()
+                _save_checkpoint(ckpt_path, cfg, spec, agent, replay, rng, state)
+    finally:
+        if bar is not None:
+            bar.close()
+        log.close()
+    if not last_eval:  # resumed a run that had already finished
+        last_eval = next((r for r in reversed(read_metrics(out)) if r["kind"] == "eval"), {})
+        last_eval = {k: v for k, v in last_eval.items() if k not in ("step", "kind", "wall_seconds")}
+    summary = {"env": cfg.env, "agent": cfg.agent, "seed": cfg.seed, "preset": cfg.preset,
+               "env_steps": state.env_steps, "updates": state.updates, "episodes": state.episodes,
+               "wall_seconds": round(wall(), 2), "eval_trials": _eval_trials(cfg), **last_eval}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _eval_trials(cfg: Config) -> int | None:
+    return cfg.glamor.eval_trials or cfg.glamor.trials if cfg.agent == "glamor" else None
+
+
+def _collect_round(cfg, envs, agent, replay, goal_frames, rng, state, train_metrics):
+    n = len(envs)
+    goals = goal_frames[rng.integers(len(goal_frames), size=n)]
+    obs = np.stack([env.reset(seed=int(rng.integers(2**31)))[0] for env in envs])
+    frames = [[o[-1]] for o in obs]
+    actions_taken: list[list[int]] = [[] for _ in range(n)]
+    t = np.zeros(n, dtype=np.int64)
+    done = np.zeros(n, dtype=bool)
+    while not done.all():
+        actions = agent.act(obs, goals, t, explore=True, env_steps=state.env_steps)
+        live = np.flatnonzero(~done)
+        for i in live:
+            o, _, terminated, truncated, _ = envs[i].step(int(actions[i]))
+            obs[i] = o
+            frames[i].append(o[-1])
+            actions_taken[i].append(int(actions[i]))
+            t[i] += 1
+            done[i] = terminated or truncated
+        state.env_steps += len(live)
+        _train_due(cfg, agent, replay, rng, state, train_metrics)
+    return [(np.stack(f), np.array(a, dtype=np.int64)) for f, a in zip(frames, actions_taken)]
+
+
+def _train_due(cfg, agent, replay, rng, state, train_metrics) -> None:
+    if replay.num_frames == 0:
+        return
+    learn_steps = max(0, state.env_steps - cfg.min_steps_learn)
+    due = int(learn_steps * cfg.replay_ratio // agent.batch_size) - state.updates
+    for _ in range(max(0, due)):
+        batch = replay.sample(agent.batch_size, agent.max_k, rng)
+        train_metrics.append(agent.update(batch))
+        state.updates += 1
+
+
+def _mean(records: list[dict]) -> dict:
+    if not records:
+        return {}
+    return {k: float(np.mean([r[k] for r in records])) for k in records[0]}
+
+
+def _progress(cfg: Config, initial: int):
+    if not cfg.progress:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=cfg.steps, initial=initial, unit="step", dynamic_ncols=True,
+                desc=f"{cfg.agent} on {cfg.env}")
+
+
+def _write_figures(out: Path, cfg: Config, result: EvalResult) -> None:
+    plots.learning_curve(read_metrics(out), out / "learning_curve.png",
+                         title=f"{cfg.agent} on {cfg.env}, seed {cfg.seed}")
+    plots.goal_strip(result.goal_frames, result.final_frames, result.success, out / "goals_vs_achieved.png")
+
+
+# ---------------------------------------------------------------------- checkpoints
+def _save_checkpoint(path: Path, cfg, spec, agent, replay, rng, state: LoopState) -> None:
+    state.rng = rng.bit_generator.state
+    payload = {"format": CHECKPOINT_FORMAT, "config": config_lib.to_dict(cfg), "spec": spec.to_dict(),
+               "agent": agent.state_dict(), "replay": replay.state_dict(), "loop": state.__dict__,
+               "torch_rng": torch.get_rng_state()}
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+
+
+def _load_checkpoint(path: Path, cfg, spec, agent, replay, rng) -> LoopState:
+    try:
+        payload = torch.load(path, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise IncompatibleCheckpoint(f"cannot read checkpoint {path}: {exc}. Delete it to start over.") from exc
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise IncompatibleCheckpoint(f"{path} has checkpoint format {payload.get('format')}, this pixelplan "
+                                     f"writes format {CHECKPOINT_FORMAT}; use a new --out directory")
+    diffs = config_lib.incompatible_fields(config_lib.from_dict(payload["config"]), cfg)
+    if diffs or payload["spec"] != spec.to_dict():
+        detail = "\n  ".join(diffs) if diffs else f"env spec {payload['spec']} -> {spec.to_dict()}"
+        raise IncompatibleCheckpoint(f"checkpoint {path} was made with an incompatible config:\n  {detail}\n"
+                                     f"Use a new --out directory, or delete {path.parent} to start over.")
+    try:
+        agent.load_state_dict(payload["agent"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise IncompatibleCheckpoint(f"checkpoint {path} does not fit this agent ({exc}); "
+                                     f"use a new --out directory") from exc
+    replay.load_state_dict(payload["replay"])
+    torch.set_rng_state(payload["torch_rng"])
+    state = LoopState(**payload["loop"])
+    rng.bit_generator.state = state.rng
+    return state
+
+
+def load_agent(run_dir) -> tuple[Config, object, object, list]:
+    """The config, agent and env factory of a saved run, for evaluation."""
+    run_dir = Path(run_dir)
+    cfg_path, ckpt_path = run_dir / "config.json", run_dir / CHECKPOINT
+    if not cfg_path.exists() or not ckpt_path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a pixelplan run directory with a checkpoint "
+                                f"(expected {cfg_path.name} and {ckpt_path.name}); train one with "
+                                f"`pixelplan train --out {run_dir}`")
+    cfg = config_lib.load(cfg_path)
+    factory, probe, spec, agent, _ = prepare(cfg)
+    payload = torch.load(ckpt_path, weights_only=False)
+    if payload["spec"] != spec.to_dict():
+        raise IncompatibleCheckpoint(f"checkpoint {ckpt_path} was made for env spec {payload['spec']}, "
+                                     f"but the env now gives {spec.to_dict()}")
+    agent.load_state_dict(payload["agent"])
+    return cfg, agent, factory, probe.unwrapped.evaluation_goals()
