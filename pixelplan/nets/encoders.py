@@ -43,7 +43,20 @@ class _ResidualBlock(nn.Module):
         return torch.relu(x + self.norm2(self.conv2(y)))
 
 
-class ImpalaEncoder(nn.Module):
+class _ConvEncoder(nn.Module):
+    """A conv trunk, flattened, then a linear map to the code; scales uint8 input to [0, 1]."""
+
+    def _finish(self, conv: nn.Module, in_channels: int, frame_hw: tuple[int, int], out_dim: int) -> None:
+        self.conv = conv
+        self.flat_size = _flat_size(conv, in_channels, frame_hw)
+        self.fc = nn.Linear(self.flat_size, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x / 255.0
+        return self.fc(self.conv(x).flatten(1))
+
+
+class ImpalaEncoder(_ConvEncoder):
     def __init__(self, in_channels: int, frame_hw: tuple[int, int], out_dim: int,
                  channels: tuple[int, ...] = (16, 32, 32), groups: int = 4):
         super().__init__()
@@ -54,35 +67,21 @@ class ImpalaEncoder(nn.Module):
                        nn.GroupNorm(groups, c), nn.ReLU(),
                        _ResidualBlock(c, groups), _ResidualBlock(c, groups)]
             c_in = c
-        self.conv = nn.Sequential(*layers)
-        flat = _flat_size(self.conv, in_channels, frame_hw)
-        self.fc = nn.Linear(flat, out_dim)
-        self.flat_size = flat
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x / 255.0
-        return self.fc(self.conv(x).flatten(1))
+        self._finish(nn.Sequential(*layers), in_channels, frame_hw, out_dim)
 
 
-class SmallEncoder(nn.Module):
+class SmallEncoder(_ConvEncoder):
     """Two stride-2 convs and one stride-1 conv: 27x27 -> 6x6x32, about 0.6M MACs a frame."""
 
     def __init__(self, in_channels: int, frame_hw: tuple[int, int], out_dim: int,
                  channels: tuple[int, ...] = (16, 32, 32)):
         super().__init__()
         c1, c2, c3 = channels
-        self.conv = nn.Sequential(
+        self._finish(nn.Sequential(
             nn.Conv2d(in_channels, c1, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(),
-        )
-        flat = _flat_size(self.conv, in_channels, frame_hw)
-        self.fc = nn.Linear(flat, out_dim)
-        self.flat_size = flat
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x / 255.0
-        return self.fc(self.conv(x).flatten(1))
+        ), in_channels, frame_hw, out_dim)
 
 
 def _flat_size(conv: nn.Module, in_channels: int, frame_hw: tuple[int, int]) -> int:
