@@ -14,6 +14,8 @@ from pixelplan.agents import TERMINATE, ObsSpec, make_agent
 from pixelplan.agents.glamor import GlamorAgent
 from pixelplan.data.replay import PAD, HindsightBatch, ReplayBuffer
 from pixelplan.nets.action_model import ActionSequenceModel, TokenStepper
+from pixelplan.nets.encoders import make_encoder
+from pixelplan.planners.shooting import sample_plans
 
 N_ACTIONS = 4
 T = 6
@@ -58,6 +60,45 @@ def test_token_stepper_matches_teacher_forced_forward(seed):
     assert got.shape == (2, rows, length, n_actions + 1)
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
     assert torch.allclose(got_single[0], want[1], atol=1e-5)
+
+
+def test_token_stepper_repeats_each_code_for_its_trials():
+    torch.manual_seed(0)
+    model = ActionSequenceModel(5, 3, 8)
+    codes = torch.randn(2, 5)
+    prev = torch.tensor([3, 3, 3, 3, 3, 3])               # 2 codes x 3 trials, plan start
+    with torch.no_grad():
+        repeated = TokenStepper([model], [codes], repeats=3).step(prev)
+        explicit = TokenStepper([model], [codes.repeat_interleave(3, 0)]).step(prev)
+    assert torch.allclose(repeated, explicit)
+    assert not torch.allclose(repeated[0, 0], repeated[0, 3])   # the two codes differ
+
+
+@pytest.mark.parametrize("use_prior,proposal,termination,clip", [
+    (True, "guided", "early", -2.05), (True, "guided", "plan_end", -2.05), (False, "guided", "early", None),
+    (True, "sparse", "early", -2.05), (True, "guided", "early", None)])
+def test_scripted_lstm_sampling_equals_the_generic_loop(use_prior, proposal, termination, clip):
+    # The planner's fast path (TorchScript loop over a TokenStepper) against the generic
+    # Python loop over the same stepper's step function: identical plans for the same noise.
+    torch.manual_seed(3)
+    gen = torch.Generator().manual_seed(3)
+    n_actions, hidden, groups, trials = 4, 8, 3, 40
+    idm, prior = ActionSequenceModel(6, n_actions, hidden), ActionSequenceModel(6, n_actions, hidden)
+    for p in list(idm.parameters()) + list(prior.parameters()):
+        p.data.normal_(0, 0.25, generator=gen)
+    codes = [torch.randn(groups, 6, generator=gen), torch.randn(groups, 6, generator=gen)]
+    models, codes = ([idm, prior], codes) if use_prior else ([idm], codes[:1])
+    limits = torch.tensor([5, 0, 3]).repeat_interleave(trials)
+    kw = dict(use_prior=use_prior, clip_logp=clip, gamma=0.9, proposal=proposal, termination=termination)
+    with torch.no_grad():
+        fast = sample_plans(TokenStepper(models, codes, trials), n_actions, limits,
+                            generator=torch.Generator().manual_seed(5), **kw)
+        generic = sample_plans(TokenStepper(models, codes, trials).step, n_actions, limits,
+                               generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.equal(fast.actions, generic.actions)
+    assert torch.equal(fast.lengths, generic.lengths)
+    assert torch.allclose(fast.scores, generic.scores, atol=1e-5)
+    assert len(set(map(tuple, fast.actions.tolist()))) > 10      # the plans are varied
 
 
 def test_token_stepper_rejects_mismatched_models():
@@ -287,3 +328,33 @@ def test_agent_state_dict_round_trip_reproduces_plans():
     other.load_state_dict(saved)
     again = other.plan(state, goal, np.array([T, 2, 4]), trials=8)
     assert torch.equal(first.actions, again.actions) and torch.allclose(first.scores, again.scores)
+
+
+# ---------------------------------------------------------- inference speed-ups
+def test_batch_one_convolutions_route_to_onednn_with_the_same_result():
+    torch.manual_seed(0)
+    enc = make_encoder("impala", 4, (40, 36), 16)
+    x = torch.randint(0, 256, (3, 4, 40, 36), dtype=torch.uint8)
+    with torch.no_grad():
+        batched = enc(x)                       # batch 3: PyTorch's own choice of kernel
+        single = torch.cat([enc(x[i:i + 1]) for i in range(3)])
+    assert torch.allclose(batched, single, atol=1e-4), (batched - single).abs().max()
+
+
+def test_goal_features_are_cached_until_the_weights_change():
+    agent = make_glamor(seed=0)
+    rng = np.random.default_rng(0)
+    goals = frames(rng, 3, 27, 27)
+    with torch.no_grad():
+        fresh = agent.model.encode_goal(torch.as_tensor(goals))
+        first = agent._goal_features(goals)
+        again = agent._goal_features(goals[[2, 0]])            # served from the cache
+    assert torch.allclose(first, fresh) and torch.allclose(again, fresh[[2, 0]])
+    replay = ReplayBuffer(200, (27, 27), SPEC.frame_stack)
+    for _ in range(4):
+        replay.add_episode(frames(rng, T + 1, 27, 27), rng.integers(0, N_ACTIONS, T))
+    agent.update(replay.sample(16, T, rng))
+    with torch.no_grad():
+        after = agent._goal_features(goals)
+        want = agent.model.encode_goal(torch.as_tensor(goals))
+    assert torch.allclose(after, want) and not torch.allclose(after, first)

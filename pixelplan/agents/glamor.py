@@ -35,6 +35,7 @@ they are silent (also in docs/glamor.md):
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,7 @@ from pixelplan.nets.encoders import make_encoder
 from pixelplan.planners.shooting import Plans, best_of, sample_plans
 
 _IGNORE = -100  # cross_entropy's ignore index for positions after END
+_GOAL_CACHE_SIZE = 4096
 
 
 class GlamorModel(nn.Module):
@@ -70,10 +72,15 @@ class GlamorModel(nn.Module):
 
     def codes(self, state: torch.Tensor, goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(idm code, prior code) for uint8 state stacks and goal frames."""
-        nd = len(self.spec.frame_shape)
-        s = torch.relu(self.state_encoder(frames_to_channels(state, nd)))
-        g = torch.relu(self.goal_encoder(frames_to_channels(goal, nd)))
-        return self.mix(torch.cat([s, g], -1)), s
+        return self.mix_codes(state, self.encode_goal(goal))
+
+    def encode_goal(self, goal: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.goal_encoder(frames_to_channels(goal, len(self.spec.frame_shape))))
+
+    def mix_codes(self, state: torch.Tensor, goal_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(idm code, prior code) from uint8 state stacks and encoded goals."""
+        s = torch.relu(self.state_encoder(frames_to_channels(state, len(self.spec.frame_shape))))
+        return self.mix(torch.cat([s, goal_features], -1)), s
 
 
 class GlamorAgent:
@@ -90,6 +97,10 @@ class GlamorAgent:
         self.generator.manual_seed(seed)
         self.updates = 0
         self._open_loop: dict[int, np.ndarray] = {}   # env row -> its current training plan
+        # Goal-encoder features by goal frame, valid while the weights do not change: under
+        # MPC the goal stays fixed for a whole episode, so it is encoded once, not every step.
+        self._goal_cache: dict[bytes, torch.Tensor] = {}
+        self._goal_cache_updates = 0
 
     # ------------------------------------------------------------------ acting
     def act(self, state: np.ndarray, goal: np.ndarray, t: np.ndarray, explore: bool,
@@ -146,22 +157,34 @@ class GlamorAgent:
         """The best of ``trials`` sampled plans for each row."""
         self.model.eval()
         dev = self.device
-        idm_code, prior_code = self.model.codes(torch.as_tensor(state, device=dev),
-                                                torch.as_tensor(goal, device=dev))
+        idm_code, prior_code = self.model.mix_codes(torch.as_tensor(state, device=dev),
+                                                    self._goal_features(goal))
         n = len(max_len)
-        models, codes = [self.model.idm], [idm_code.repeat_interleave(trials, 0)]
+        models, codes = [self.model.idm], [idm_code]
         if self.cfg.use_prior:
             models.append(self.model.prior)
-            codes.append(prior_code.repeat_interleave(trials, 0))
-        stepper = TokenStepper(models, codes)
+            codes.append(prior_code)
+        stepper = TokenStepper(models, codes, repeats=trials)
         limits = torch.as_tensor(np.asarray(max_len), dtype=torch.long,
                                  device=dev).repeat_interleave(trials)
-        plans = sample_plans(stepper.step, self.spec.n_actions, limits, use_prior=self.cfg.use_prior,
+        plans = sample_plans(stepper, self.spec.n_actions, limits, use_prior=self.cfg.use_prior,
                              clip_logp=self.cfg.clip_logp, gamma=self.cfg.gamma,
                              proposal=proposal or self.cfg.proposal,
                              termination=termination or self.cfg.termination,
                              generator=self.generator)
         return best_of(plans, n)
+
+    def _goal_features(self, goal: np.ndarray) -> torch.Tensor:
+        if self._goal_cache_updates != self.updates or len(self._goal_cache) > _GOAL_CACHE_SIZE:
+            self._goal_cache.clear()
+            self._goal_cache_updates = self.updates
+        keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in goal]
+        missing = [i for i, key in enumerate(keys) if key not in self._goal_cache]
+        if missing:
+            features = self.model.encode_goal(torch.as_tensor(goal[missing], device=self.device))
+            for i, f in zip(missing, features):
+                self._goal_cache[keys[i]] = f
+        return torch.stack([self._goal_cache[key] for key in keys])
 
     # ---------------------------------------------------------------- learning
     def loss(self, batch: HindsightBatch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -210,3 +233,4 @@ class GlamorAgent:
         self.generator.set_state(state["generator"])
         self.updates = state["updates"]
         self._open_loop = dict(state["open_loop"])
+        self._goal_cache.clear()

@@ -12,6 +12,15 @@ Two encoders share one constructor, ``make_encoder``:
 
 Input is uint8 or float in [0, 255], shape (B, C, H, W); scaling to [0, 1] happens here,
 on the training device, so the replay can hold uint8.
+
+Speed (the planner encodes one state and one goal per decision, so batch-1 latency matters):
+
+* The conv trunk runs in channels_last memory format, about 1.5x faster on the CPU (and
+  the layout GPUs prefer). Parameters keep their logical shapes, so checkpoints do not care.
+* PyTorch sends a batch-1 3x3 convolution whose input has at most 20480 elements to its
+  generic kernel rather than oneDNN; on our 2-core CPU that is 2-3x slower for the IMPALA
+  net's 32x25x19 maps. ``_Conv2d`` calls oneDNN directly for batch-1 CPU inputs of at least
+  16x16 pixels (below that the generic kernel is faster). Larger batches already use oneDNN.
 """
 
 from __future__ import annotations
@@ -27,12 +36,32 @@ EncoderKind = Literal["auto", "impala", "small"]
 IMPALA_MIN_PIXELS = 64
 
 
+# Batch-1 CPU convolutions on maps with at least this many pixels go straight to oneDNN.
+_ONEDNN_MIN_PIXELS = 256
+
+
+class _Conv2d(nn.Conv2d):
+    """nn.Conv2d that sends batch-1 CPU float32 inputs to oneDNN (see the module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.shape[0] == 1 and x.device.type == "cpu" and x.dtype == torch.float32
+                and x.shape[-1] * x.shape[-2] >= _ONEDNN_MIN_PIXELS and _onednn_available()
+                and isinstance(self.padding, tuple)):
+            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride,
+                                            self.dilation, self.groups)
+        return super().forward(x)
+
+
+def _onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+
+
 class _ResidualBlock(nn.Module):
     def __init__(self, channels: int, groups: int):
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = _Conv2d(channels, channels, 3, padding=1)
         self.norm1 = nn.GroupNorm(groups, channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = _Conv2d(channels, channels, 3, padding=1)
         self.norm2 = nn.GroupNorm(groups, channels)
         # Zero scale on the last norm: the block starts as the identity, which keeps the
         # early gradient flow of a deep residual stack clean.
@@ -47,13 +76,14 @@ class _ConvEncoder(nn.Module):
     """A conv trunk, flattened, then a linear map to the code; scales uint8 input to [0, 1]."""
 
     def _finish(self, conv: nn.Module, in_channels: int, frame_hw: tuple[int, int], out_dim: int) -> None:
-        self.conv = conv
+        self.conv = conv.to(memory_format=torch.channels_last)
         self.flat_size = _flat_size(conv, in_channels, frame_hw)
         self.fc = nn.Linear(self.flat_size, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x / 255.0
-        return self.fc(self.conv(x).flatten(1))
+        # flatten(1) follows the logical (C, H, W) order whatever the memory format.
+        return self.fc(self.conv(x.contiguous(memory_format=torch.channels_last)).flatten(1))
 
 
 class ImpalaEncoder(_ConvEncoder):
@@ -63,7 +93,7 @@ class ImpalaEncoder(_ConvEncoder):
         layers: list[nn.Module] = []
         c_in = in_channels
         for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.MaxPool2d(3, stride=2),
+            layers += [_Conv2d(c_in, c, 3, padding=1), nn.MaxPool2d(3, stride=2),
                        nn.GroupNorm(groups, c), nn.ReLU(),
                        _ResidualBlock(c, groups), _ResidualBlock(c, groups)]
             c_in = c
@@ -78,9 +108,9 @@ class SmallEncoder(_ConvEncoder):
         super().__init__()
         c1, c2, c3 = channels
         self._finish(nn.Sequential(
-            nn.Conv2d(in_channels, c1, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(),
+            _Conv2d(in_channels, c1, 3, stride=2, padding=1), nn.ReLU(),
+            _Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(),
+            _Conv2d(c2, c3, 3, padding=1), nn.ReLU(),
         ), in_channels, frame_hw, out_dim)
 
 

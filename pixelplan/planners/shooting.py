@@ -39,11 +39,15 @@ This module knows nothing of environments or encoders: it sees a token-stepping 
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Tuple
 
 import torch
+
+from pixelplan.nets.action_model import TokenStepper, lstm_stack_step
 
 # step(prev_tokens (R,)) -> log-probabilities (M, R, A+1): M = 2 gives (idm, prior), M = 1 idm only.
 StepFn = Callable[[torch.Tensor], torch.Tensor]
@@ -54,6 +58,11 @@ Termination = Literal["early", "plan_end"]
 # Check whether every trial has ended only every few tokens: each check is a host sync.
 _DONE_CHECK_EVERY = 4
 
+# How far (in nats) a clipped token is pushed below the unclipped ones: far more than any
+# z + Gumbel noise spans, yet small enough that float32 still orders the clipped tokens by
+# log p_idm (to about 0.01 nats), which decides the fallback when all are clipped.
+_DEMOTE = 1e5
+
 
 @dataclass
 class Plans:
@@ -63,60 +72,131 @@ class Plans:
     scores: torch.Tensor    # (R,) float
 
 
-def sample_plans(step: StepFn, n_actions: int, max_len: torch.Tensor, *, use_prior: bool = True,
-                 clip_logp: float | None = -3.15, gamma: float = 0.99,
+def sample_plans(step: StepFn | TokenStepper, n_actions: int, max_len: torch.Tensor, *,
+                 use_prior: bool = True, clip_logp: float | None = -3.15, gamma: float = 0.99,
                  proposal: Proposal = "guided", termination: Termination = "early",
                  generator: torch.Generator | None = None) -> Plans:
-    """Sample one plan per row. ``max_len`` (R,) is each row's maximum number of actions."""
+    """Sample one plan per row. ``max_len`` (R,) is each row's maximum number of actions.
+
+    ``step`` is any token-stepping function; a ``TokenStepper`` takes the fast path, a
+    TorchScript loop over its LSTM tensors (the same rules; a test checks both paths agree).
+    """
     rows = max_len.shape[0]
     device = max_len.device
     end = n_actions
     horizon = int(max_len.max()) if rows else 0
-    tokens = torch.arange(n_actions + 1, device=device)
-    ended = torch.zeros(rows, dtype=torch.bool, device=device)
-    lengths = torch.zeros(rows, dtype=torch.long, device=device)
-    scores = torch.zeros(rows, device=device)
-    actions = torch.full((rows, horizon), -1, dtype=torch.long, device=device)
-    prev = torch.full((rows,), end, dtype=torch.long, device=device)   # plan start
-    # Exponential noise for the Gumbel-max trick, drawn once for every token position.
-    noise = torch.empty(horizon + 1, rows, n_actions + 1, device=device).exponential_(
-        generator=generator).log_().neg_()
-    is_end_col = tokens == end
-    for i in range(horizon + 1):
+    positions = horizon + 1                      # up to horizon actions, then END
+    # The length rules depend only on (position, row): one additive mask for all positions,
+    # 0 where a token is permitted and -inf where it is not, folded into the noise.
+    position = torch.arange(positions, device=device).view(-1, 1, 1)
+    at_limit = position == max_len.view(1, -1, 1)
+    is_end_col = torch.arange(n_actions + 1, device=device) == end
+    if termination == "plan_end":
+        permitted = torch.where(at_limit, is_end_col, ~is_end_col)
+    else:
+        permitted = at_limit.logical_not() | is_end_col
+    block = torch.zeros(permitted.shape, device=device).masked_fill_(~permitted, -math.inf)
+    # Gumbel noise for the Gumbel-max trick, drawn once for every position (from uniforms:
+    # exponential_ is several times slower on the CPU). The clamp keeps it finite.
+    noise = torch.rand(positions, rows, n_actions + 1, device=device, generator=generator)
+    noise_blocked = noise.clamp_(min=1e-10).log_().neg_().log_().neg_().add_(block)
+    guided = proposal == "guided"
+    clip = guided and clip_logp is not None
+    # END does not expand a plan, so only action tokens are clipped.
+    threshold = torch.full((n_actions + 1,), float(clip_logp) if clip else -math.inf, device=device)
+    threshold[end] = -math.inf
+    demoted = block - _DEMOTE
+    if isinstance(step, TokenStepper):
+        tokens, z, last = _lstm_sampling_loop()(
+            step.gates, step.c, step.weight, step.bias, step.token_rows, noise_blocked, demoted, threshold, use_prior, guided, clip, end, _DONE_CHECK_EVERY)
+    else:
+        tokens, z, last = _sampling_loop(step, noise_blocked, demoted, threshold, use_prior, guided,
+                                         clip, end)
+    return _assemble(tokens[:last + 1], z[:last + 1], end, horizon, gamma)
+
+
+def _choose_token(z: torch.Tensor, logp_idm: torch.Tensor, noise_blocked: torch.Tensor,
+                  demoted: torch.Tensor, threshold: torch.Tensor, guided: bool, clip: bool) -> torch.Tensor:
+    """The sampling rule at one position: Gumbel-max over the permitted, unclipped tokens."""
+    if not guided:
+        return noise_blocked.argmax(1)
+    if not clip:
+        return (z + noise_blocked).argmax(1)
+    # A clipped token is demoted below every unclipped one rather than removed, so if a row
+    # has nothing unclipped left the idm's favourite permitted token wins.
+    return torch.where(logp_idm < threshold, logp_idm + demoted, z + noise_blocked).argmax(1)
+
+
+def _all_ended(tokens: torch.Tensor, upto: int, end: int) -> bool:
+    return bool((tokens[:upto] == end).any(0).all())
+
+
+def _sampling_loop(step: StepFn, noise_blocked: torch.Tensor, demoted: torch.Tensor,
+                   threshold: torch.Tensor, use_prior: bool, guided: bool, clip: bool,
+                   end: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """Token by token with any step function: (tokens (P, R), z (P, R, A+1), last position)."""
+    positions, rows, vocab = noise_blocked.shape
+    tokens = torch.empty(positions, rows, dtype=torch.long, device=noise_blocked.device)
+    zs = torch.empty(positions, rows, vocab, device=noise_blocked.device)
+    prev = torch.full((rows,), end, dtype=torch.long, device=noise_blocked.device)   # plan start
+    for i in range(positions):
         logp = step(prev)
-        logp_idm = logp[0]
-        z = logp_idm - logp[1] if use_prior else logp_idm
-        # Hard length rules: END forced at max_len; under plan_end, END only there.
-        at_limit = (max_len == i).unsqueeze(1)
-        if termination == "plan_end":
-            permitted = torch.where(at_limit, is_end_col, ~is_end_col)
-        else:
-            permitted = at_limit.logical_not() | is_end_col
-        if proposal == "guided":
-            allowed = permitted
-            if clip_logp is not None:
-                # END does not expand a plan, so only action tokens are clipped.
-                allowed = permitted & ((logp_idm >= clip_logp) | is_end_col)
-                # Never clip every permitted token: then the idm's favourite one stays open.
-                favourite = torch.where(permitted, logp_idm, -math.inf).argmax(1, keepdim=True)
-                stuck = allowed.any(1, keepdim=True).logical_not()
-                allowed = allowed.scatter(1, favourite, stuck | allowed.gather(1, favourite))
-            logits = torch.where(allowed, z, -math.inf)
-        else:
-            logits = torch.where(permitted, 0.0, -math.inf)
-        token = (logits + noise[i]).argmax(1)
-        is_end = token == end
-        live = ~ended
-        scores += torch.where(live, z.gather(1, token.unsqueeze(1)).squeeze(1), 0.0)
-        if i < horizon:
-            actions[:, i] = torch.where(live & ~is_end, token, -1)
-        lengths += (live & ~is_end).long()
-        ended |= is_end
-        prev = token
-        if (i + 1) % _DONE_CHECK_EVERY == 0 and bool(ended.all()):
-            break
-    scores += lengths.to(scores.dtype) * math.log(gamma)
-    return Plans(actions=actions, lengths=lengths, scores=scores)
+        z = logp[0] - logp[1] if use_prior else logp[0]
+        prev = _choose_token(z, logp[0], noise_blocked[i], demoted[i], threshold, guided, clip)
+        tokens[i] = prev
+        zs[i] = z
+        if (i + 1) % _DONE_CHECK_EVERY == 0 and _all_ended(tokens, i + 1, end):
+            return tokens, zs, i
+    return tokens, zs, positions - 1
+
+
+def _lstm_sampling_loop_eager(gates: torch.Tensor, c: torch.Tensor, weight: torch.Tensor,
+                              bias: torch.Tensor, token_rows: torch.Tensor,
+                              noise_blocked: torch.Tensor, demoted: torch.Tensor,
+                              threshold: torch.Tensor, use_prior: bool, guided: bool, clip: bool,
+                              end: int, check_every: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """``_sampling_loop`` with a ``TokenStepper``'s step written inline, for TorchScript."""
+    positions, rows, vocab = noise_blocked.shape
+    tokens = torch.empty(positions, rows, dtype=torch.long, device=noise_blocked.device)
+    zs = torch.empty(positions, rows, vocab, device=noise_blocked.device)
+    prev = torch.full((rows,), end, dtype=torch.long, device=noise_blocked.device)
+    for i in range(positions):
+        logp, gates, c = lstm_stack_step(gates, token_rows.index_select(1, prev), c, weight, bias)
+        z = logp[0] - logp[1] if use_prior else logp[0]
+        prev = _choose_token(z, logp[0], noise_blocked[i], demoted[i], threshold, guided, clip)
+        tokens[i] = prev
+        zs[i] = z
+        if (i + 1) % check_every == 0 and _all_ended(tokens, i + 1, end):
+            return tokens, zs, i
+    return tokens, zs, positions - 1
+
+
+@functools.cache
+def _lstm_sampling_loop():
+    """The LSTM loop compiled by TorchScript (about a third faster on the CPU: the cost is
+    per-op overhead); the eager function where TorchScript is unavailable."""
+    try:
+        with warnings.catch_warnings():
+            # Deprecated in favour of torch.compile, whose cold compile (~1 min here) would
+            # cost more than it saves; the eager fallback below keeps working either way.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.script(_lstm_sampling_loop_eager)
+    except Exception as err:  # TorchScript is in maintenance; never let it break planning
+        warnings.warn(f"TorchScript could not compile the planner loop ({err}); planning runs eagerly")
+        return _lstm_sampling_loop_eager
+
+
+def _assemble(tokens: torch.Tensor, zs: torch.Tensor, end: int, horizon: int, gamma: float) -> Plans:
+    """Plans from the sampled tokens: each row's plan ends at its first END."""
+    positions, rows = tokens.shape
+    lengths = (tokens == end).int().argmax(0)     # every row draws END by its max_len
+    live = torch.arange(positions, device=tokens.device).unsqueeze(1) <= lengths.unsqueeze(0)
+    chosen = zs.gather(2, tokens.unsqueeze(2)).squeeze(2)
+    scores = torch.where(live, chosen, 0.0).sum(0) + lengths.to(chosen.dtype) * math.log(gamma)
+    actions = torch.full((rows, horizon), -1, dtype=torch.long, device=tokens.device)
+    n = min(positions, horizon)
+    actions[:, :n] = torch.where(live[:n] & (tokens[:n] != end), tokens[:n], -1).t()
+    return Plans(actions=actions, lengths=lengths.long(), scores=scores)
 
 
 def best_of(plans: Plans, n_groups: int) -> Plans:

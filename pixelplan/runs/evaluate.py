@@ -68,8 +68,10 @@ def _run_chunk(agent, envs, goals, episode_ids, eval_seed) -> dict:
     t = np.zeros(n, dtype=np.int64)
     done = np.zeros(n, dtype=bool)
     while not done.all():
-        actions = agent.act(obs, goal_frames, t, explore=False, env_steps=0)
-        for i in np.flatnonzero(~done):
+        live = np.flatnonzero(~done)         # finished rows need no more planning
+        actions = np.full(n, TERMINATE)
+        actions[live] = agent.act(obs[live], goal_frames[live], t[live], explore=False, env_steps=0)
+        for i in live:
             if actions[i] == TERMINATE:
                 done[i] = True
                 continue
