@@ -52,6 +52,10 @@ class GlamorConfig:
     max_k: int | None = None
     """K, the longest hindsight gap sampled for training; None = the env's episode length T"""
 
+    plan_ema: float = 0.0
+    """plan with an exponential moving average of the weights, updated after every update
+    with this decay (e.g. 0.99); 0 = plan with the trained weights, as the paper does"""
+
     # --- planner (3.4, A.3) ---
     trials: int = 50
     """planner trials when collecting data"""
@@ -138,8 +142,8 @@ def preset(name: str, env: str = "gridworld") -> Config:
             env=env, preset="gridworld", steps=40_000, replay_capacity=50_000, n_envs=16,
             replay_ratio=16.0, min_steps_learn=1_000, eval_every=5_000, checkpoint_every=10_000,
             log_every=1_000,
-            glamor=GlamorConfig(state_size=128, mix_hidden=128, batch_size=256, lr=1e-3,
-                                gamma=0.3, eps_steps=80_000),
+            glamor=GlamorConfig(state_size=128, mix_hidden=128, batch_size=256, lr=5e-4,
+                                gamma=0.3, eps_steps=80_000, plan_ema=0.99),
         )
     if name == "debug":
         cfg = preset("gridworld", env)

@@ -358,3 +358,29 @@ def test_goal_features_are_cached_until_the_weights_change():
         after = agent._goal_features(goals)
         want = agent.model.encode_goal(torch.as_tensor(goals))
     assert torch.allclose(after, want) and not torch.allclose(after, first)
+
+
+def test_plan_ema_plans_with_the_moving_average_and_survives_a_checkpoint():
+    agent = make_glamor(seed=0, plan_ema=0.5)
+    rng = np.random.default_rng(0)
+    replay = ReplayBuffer(200, (27, 27), SPEC.frame_stack)
+    for _ in range(4):
+        replay.add_episode(frames(rng, T + 1, 27, 27), rng.integers(0, N_ACTIONS, T))
+    start = {k: v.clone() for k, v in agent.model.state_dict().items()}
+    agent.update(replay.sample(16, T, rng))        # the first update copies the weights
+    first = {k: v.clone() for k, v in agent.model.state_dict().items()}
+    agent.update(replay.sample(16, T, rng))
+    trained = agent.model.state_dict()
+    averaged = agent.planning_model.state_dict()
+    name = "idm.head.weight"
+    assert not torch.allclose(start[name], first[name])
+    assert torch.allclose(averaged[name], 0.5 * first[name] + 0.5 * trained[name], atol=1e-6)
+    # A checkpoint round trip restores the average, not just the trained weights.
+    clone = make_glamor(seed=1, plan_ema=0.5)
+    clone.load_state_dict(agent.state_dict())
+    assert torch.equal(clone.planning_model.state_dict()[name], averaged[name])
+    state, goal = frames(rng, 2, SPEC.frame_stack, 27, 27), frames(rng, 2, 27, 27)
+    clone.generator.manual_seed(4)
+    agent.generator.manual_seed(4)
+    a, b = agent.plan(state, goal, np.array([T, T]), 8), clone.plan(state, goal, np.array([T, T]), 8)
+    assert torch.equal(a.actions, b.actions) and torch.allclose(a.scores, b.scores)

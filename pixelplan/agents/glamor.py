@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.optim import swa_utils
 
 from pixelplan.agents.base import TERMINATE, ObsSpec, check_batch, frames_to_channels
 from pixelplan.config import Config, GlamorConfig
@@ -92,6 +93,9 @@ class GlamorAgent:
         self.model = GlamorModel(self.cfg, spec).to(device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr,
                                            weight_decay=self.cfg.weight_decay)
+        # The weights the planner uses: the trained ones, or their moving average.
+        self.ema = (swa_utils.AveragedModel(self.model, multi_avg_fn=swa_utils.get_ema_multi_avg_fn(
+            self.cfg.plan_ema)) if self.cfg.plan_ema > 0 else None)
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
@@ -151,18 +155,21 @@ class GlamorAgent:
                 actions[i] = plan[t[i]]
         return actions
 
+    @property
+    def planning_model(self) -> GlamorModel:
+        return self.ema.module if self.ema is not None else self.model
+
     @torch.no_grad()
     def plan(self, state: np.ndarray, goal: np.ndarray, max_len: np.ndarray, trials: int,
              proposal: str | None = None, termination: str | None = None) -> Plans:
         """The best of ``trials`` sampled plans for each row."""
-        self.model.eval()
+        model = self.planning_model.eval()
         dev = self.device
-        idm_code, prior_code = self.model.mix_codes(torch.as_tensor(state, device=dev),
-                                                    self._goal_features(goal))
+        idm_code, prior_code = model.mix_codes(torch.as_tensor(state, device=dev), self._goal_features(goal))
         n = len(max_len)
-        models, codes = [self.model.idm], [idm_code]
+        models, codes = [model.idm], [idm_code]
         if self.cfg.use_prior:
-            models.append(self.model.prior)
+            models.append(model.prior)
             codes.append(prior_code)
         stepper = TokenStepper(models, codes, repeats=trials)
         limits = torch.as_tensor(np.asarray(max_len), dtype=torch.long,
@@ -181,7 +188,7 @@ class GlamorAgent:
         keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in goal]
         missing = [i for i, key in enumerate(keys) if key not in self._goal_cache]
         if missing:
-            features = self.model.encode_goal(torch.as_tensor(goal[missing], device=self.device))
+            features = self.planning_model.encode_goal(torch.as_tensor(goal[missing], device=self.device))
             for i, f in zip(missing, features):
                 self._goal_cache[keys[i]] = f
         return torch.stack([self._goal_cache[key] for key in keys])
@@ -217,17 +224,22 @@ class GlamorAgent:
         loss.backward()
         metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.updates += 1
         return metrics
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
                 "rng": self.rng.bit_generator.state, "generator": self.generator.get_state(),
                 "updates": self.updates, "open_loop": dict(self._open_loop)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["rng"]
         self.generator.set_state(state["generator"])
