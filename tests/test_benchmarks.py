@@ -41,6 +41,7 @@ def test_throughput_quick():
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     cpu = _last_json(proc.stdout)["cpu"]
-    for key in ("planner_ms_per_decision", "planner_ms_per_decision_early", "train_samples_per_s_gridworld",
+    for key in ("planner_ms_per_decision", "planner_ms_per_decision_early", "decision_ms_mpc", "decision_ms_cold",
+                "train_samples_per_s_gridworld",
                 "train_samples_per_s_paper_104x80", "train_env_steps_per_s"):
         assert cpu[key] is not None and cpu[key] > 0, key

@@ -218,8 +218,11 @@ def obs_batch(rng, n):
 
 
 def bias_idm(agent: GlamorAgent, token: int) -> None:
-    """Make the idm put (almost) all its mass on ``token`` at every step, whatever the input."""
-    head = agent.model.idm.head
+    """Make the idm put (almost) all its mass on ``token`` at every step, whatever the input.
+
+    Edits the weights the planner uses (the moving average when ``plan_ema`` is on).
+    """
+    head = agent.planning_model.idm.head
     with torch.no_grad():
         head.weight.zero_()
         head.bias.fill_(-25.0)
