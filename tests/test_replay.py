@@ -245,6 +245,26 @@ def test_state_dict_round_trip():
     assert fresh.total_steps_added == buf.total_steps_added - 6 * 9
 
 
+def test_state_dict_of_a_partly_filled_buffer_saves_only_the_written_slots():
+    buf = ReplayBuffer(1000, FRAME_SHAPE, frame_stack=FS)
+    for ep in range(3):
+        buf.add_episode(*make_episode(ep, 5))            # 6 frames each
+    state = buf.state_dict()
+    assert state["frames"].shape == (18, *FRAME_SHAPE)
+    assert all(state[n].shape == (18,) for n in ("actions", "pos", "ep_len", "ep_id"))
+    other = ReplayBuffer(1000, FRAME_SHAPE, frame_stack=FS)
+    other.add_episode(*make_episode(50, 30))               # stale content the load must clear
+    other.load_state_dict(state)
+    for name in ("_frames", "_actions", "_pos", "_ep_len", "_ep_id"):
+        np.testing.assert_array_equal(getattr(other, name), getattr(buf, name), err_msg=name)
+    for ep in range(3, 300):                               # on past the first wrap
+        buf.add_episode(*make_episode(ep, 5))
+        other.add_episode(*make_episode(ep, 5))
+    assert buf.state_dict()["frames"].shape[0] == 1000
+    for x, y in zip(buf.sample(64, 5, np.random.default_rng(1)), other.sample(64, 5, np.random.default_rng(1))):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_state_dict_mismatch_errors():
     state = filled_buffer().state_dict()
     with pytest.raises(ValueError, match="capacity"):

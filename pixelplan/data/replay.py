@@ -21,6 +21,8 @@ PAD = -1
 
 # Per-slot metadata arrays (besides the frames); each is int64 of shape (capacity,).
 _META = ("actions", "pos", "ep_len", "ep_id")
+# What each per-slot array holds in a slot never written.
+_EMPTY_SLOT = {"actions": PAD, "pos": 0, "ep_len": 0, "ep_id": -1}
 
 
 class HindsightBatch(NamedTuple):
@@ -255,12 +257,15 @@ class ReplayBuffer:
         """
         c = np.copy if copy else (lambda a: a)
         eps = np.array(list(self._episodes), dtype=np.int64).reshape(-1, 3)
+        # Only slots ever written are saved: until the ring first wraps, those are a prefix,
+        # so a large buffer early in a run does not checkpoint its empty tail.
+        used = min(self.capacity, self._total_steps + self._next_id)   # frames ever added
         return {
             "capacity": self.capacity,
             "frame_shape": np.array(self.frame_shape, dtype=np.int64),
             "frame_stack": self.frame_stack,
-            "frames": c(self._frames),
-            **{n: c(getattr(self, "_" + n)) for n in _META},
+            "frames": c(self._frames[:used]),
+            **{n: c(getattr(self, "_" + n)[:used]) for n in _META},
             "episodes": eps,
             "write": self._write,
             "num_frames": self._num_frames,
@@ -280,17 +285,20 @@ class ReplayBuffer:
         if fs != self.frame_stack:
             raise ValueError(f"state_dict has frame_stack {fs}, this buffer has frame_stack {self.frame_stack}")
         frames = np.asarray(state["frames"])
-        if frames.shape != self._frames.shape or frames.dtype != np.uint8:
-            raise ValueError(
-                f"state_dict frames must be uint8 {self._frames.shape}, got {frames.dtype} {frames.shape}"
-            )
+        used = frames.shape[0] if frames.ndim else -1
+        if not 0 <= used <= cap or frames.shape[1:] != self.frame_shape or frames.dtype != np.uint8:
+            raise ValueError(f"state_dict frames must be uint8 (at most {cap}, *{self.frame_shape}), "
+                             f"got {frames.dtype} {frames.shape}")
         for n in _META:
-            if np.shape(state[n]) != (cap,):
-                raise ValueError(f"state_dict[{n!r}] must have shape ({cap},), got {np.shape(state[n])}")
+            if np.shape(state[n]) != (used,):
+                raise ValueError(f"state_dict[{n!r}] must have shape ({used},), got {np.shape(state[n])}")
         eps = np.asarray(state["episodes"], dtype=np.int64).reshape(-1, 3)
-        np.copyto(self._frames, frames)
+        self._frames[:used] = frames
+        self._frames[used:] = 0
         for n in _META:
-            np.copyto(getattr(self, "_" + n), np.asarray(state[n]), casting="same_kind")
+            arr = getattr(self, "_" + n)
+            arr[:used] = np.asarray(state[n])
+            arr[used:] = _EMPTY_SLOT[n]
         self._episodes = deque((int(i), int(s), int(m)) for i, s, m in eps)
         self._write = int(state["write"])
         self._num_frames = int(state["num_frames"])
