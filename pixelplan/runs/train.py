@@ -265,7 +265,8 @@ def _write_figures(out: Path, cfg: Config, result: EvalResult) -> None:
 def _save_checkpoint(path: Path, cfg, spec, agent, replay, rng, state: LoopState) -> None:
     state.rng = rng.bit_generator.state
     payload = {"format": CHECKPOINT_FORMAT, "config": config_lib.to_dict(cfg), "spec": spec.to_dict(),
-               "agent": agent.state_dict(), "replay": replay.state_dict(), "loop": state.__dict__,
+               # The replay goes in without a copy: torch.save serialises its live arrays at once.
+               "agent": agent.state_dict(), "replay": replay.state_dict(copy=False), "loop": state.__dict__,
                "torch_rng": torch.get_rng_state()}
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
