@@ -218,6 +218,7 @@ def validate(cfg: Config) -> None:
     need(g.lr > 0, f"glamor.lr must be > 0, got {g.lr}")
     need(0 <= g.eps_final <= 1 and 0 <= g.eps_start <= 1,
          f"glamor.eps_start and eps_final must be in [0, 1], got {g.eps_start}, {g.eps_final}")
+    need(0 <= g.plan_ema < 1, f"glamor.plan_ema is a decay and must be in [0, 1) (0 = off), got {g.plan_ema}")
     need(g.eps_steps >= 0, f"glamor.eps_steps must be >= 0, got {g.eps_steps}")
     need(g.max_k is None or g.max_k >= 1, f"glamor.max_k must be >= 1 or None, got {g.max_k}")
     need(g.clip_logp is None or g.clip_logp <= 0,

@@ -108,7 +108,8 @@ def sample_plans(step: StepFn | TokenStepper, n_actions: int, max_len: torch.Ten
     demoted = block - _DEMOTE
     if isinstance(step, TokenStepper):
         tokens, z, last = _lstm_sampling_loop()(
-            step.gates, step.c, step.weight, step.bias, step.token_rows, noise_blocked, demoted, threshold, use_prior, guided, clip, end, _DONE_CHECK_EVERY)
+            step.gates, step.c, step.weight, step.bias, step.token_rows, noise_blocked, demoted,
+            threshold, use_prior, guided, clip, end, _DONE_CHECK_EVERY)
     else:
         tokens, z, last = _sampling_loop(step, noise_blocked, demoted, threshold, use_prior, guided,
                                          clip, end)
@@ -127,6 +128,18 @@ def _choose_token(z: torch.Tensor, logp_idm: torch.Tensor, noise_blocked: torch.
     return torch.where(logp_idm < threshold, logp_idm + demoted, z + noise_blocked).argmax(1)
 
 
+def _take_position(i: int, logp: torch.Tensor, tokens: torch.Tensor, zs: torch.Tensor,
+                   noise_blocked: torch.Tensor, demoted: torch.Tensor, threshold: torch.Tensor,
+                   use_prior: bool, guided: bool, clip: bool) -> torch.Tensor:
+    """Position i of both loops: choose each row's token from logp (M, R, A+1), record the
+    token and z, return the tokens."""
+    z = logp[0] - logp[1] if use_prior else logp[0]
+    token = _choose_token(z, logp[0], noise_blocked[i], demoted[i], threshold, guided, clip)
+    tokens[i] = token
+    zs[i] = z
+    return token
+
+
 def _all_ended(tokens: torch.Tensor, upto: int, end: int) -> bool:
     return bool((tokens[:upto] == end).any(0).all())
 
@@ -140,11 +153,8 @@ def _sampling_loop(step: StepFn, noise_blocked: torch.Tensor, demoted: torch.Ten
     zs = torch.empty(positions, rows, vocab, device=noise_blocked.device)
     prev = torch.full((rows,), end, dtype=torch.long, device=noise_blocked.device)   # plan start
     for i in range(positions):
-        logp = step(prev)
-        z = logp[0] - logp[1] if use_prior else logp[0]
-        prev = _choose_token(z, logp[0], noise_blocked[i], demoted[i], threshold, guided, clip)
-        tokens[i] = prev
-        zs[i] = z
+        prev = _take_position(i, step(prev), tokens, zs, noise_blocked, demoted, threshold,
+                              use_prior, guided, clip)
         if (i + 1) % _DONE_CHECK_EVERY == 0 and _all_ended(tokens, i + 1, end):
             return tokens, zs, i
     return tokens, zs, positions - 1
@@ -155,17 +165,16 @@ def _lstm_sampling_loop_eager(gates: torch.Tensor, c: torch.Tensor, weight: torc
                               noise_blocked: torch.Tensor, demoted: torch.Tensor,
                               threshold: torch.Tensor, use_prior: bool, guided: bool, clip: bool,
                               end: int, check_every: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
-    """``_sampling_loop`` with a ``TokenStepper``'s step written inline, for TorchScript."""
+    """``_sampling_loop`` with a ``TokenStepper``'s step written inline, for TorchScript
+    (which cannot take a step function as an argument)."""
     positions, rows, vocab = noise_blocked.shape
     tokens = torch.empty(positions, rows, dtype=torch.long, device=noise_blocked.device)
     zs = torch.empty(positions, rows, vocab, device=noise_blocked.device)
     prev = torch.full((rows,), end, dtype=torch.long, device=noise_blocked.device)
     for i in range(positions):
         logp, gates, c = lstm_stack_step(gates, token_rows.index_select(1, prev), c, weight, bias)
-        z = logp[0] - logp[1] if use_prior else logp[0]
-        prev = _choose_token(z, logp[0], noise_blocked[i], demoted[i], threshold, guided, clip)
-        tokens[i] = prev
-        zs[i] = z
+        prev = _take_position(i, logp, tokens, zs, noise_blocked, demoted, threshold,
+                              use_prior, guided, clip)
         if (i + 1) % check_every == 0 and _all_ended(tokens, i + 1, end):
             return tokens, zs, i
     return tokens, zs, positions - 1
@@ -177,8 +186,8 @@ def _lstm_sampling_loop():
     per-op overhead); the eager function where TorchScript is unavailable."""
     try:
         with warnings.catch_warnings():
-            # Deprecated in favour of torch.compile, whose cold compile (~1 min here) would
-            # cost more than it saves; the eager fallback below keeps working either way.
+            # Deprecated in favour of torch.compile, which was no faster for this loop here
+            # and takes ~20 s to compile cold; the eager fallback keeps working either way.
             warnings.simplefilter("ignore", DeprecationWarning)
             return torch.jit.script(_lstm_sampling_loop_eager)
     except Exception as err:  # TorchScript is in maintenance; never let it break planning
