@@ -1,12 +1,14 @@
-"""Command line: ``pixelplan train`` and ``pixelplan eval``.
+"""Command line: ``pixelplan train``, ``pixelplan eval`` and ``pixelplan table``.
 
     pixelplan train [--preset auto|paper|gridworld|debug] [--env NAME] [--agent NAME]
                     [--steps N] [--seed S] [--out DIR] [--glamor.trials 100] ...
     pixelplan eval --run DIR [--trials N] [--episodes N]
+    pixelplan table RUN_DIR... [--out DIR] [--reference FILE.json]
 
 ``train`` first picks the preset (``--preset``, default auto: by env), then applies every
 other flag on top of it: any config leaf can be set (``pixelplan train --help`` lists them).
-Re-running ``train`` with the same ``--out`` resumes the run.
+Re-running ``train`` with the same ``--out`` resumes the run. ``table`` compares finished
+runs (see ``pixelplan/runs/table.py``).
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import json
 import sys
 from pathlib import Path
 
-USAGE = """usage: pixelplan {train,eval} ...
+USAGE = """usage: pixelplan {train,eval,table} ...
 
   train   train an agent (default: GLAMOR on the grid world); re-run to resume
   eval    evaluate a saved run
+  table   results table (env x agent, mean (std) over seeds) and learning curves of runs
 
-pixelplan train --help and pixelplan eval --help show the options."""
+pixelplan train --help, pixelplan eval --help and pixelplan table --help show the options."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(rest)
         if command == "eval":
             return _eval(rest)
+        if command == "table":
+            return _table(rest)
     except (ValueError, FileNotFoundError) as exc:
         print(f"pixelplan {command}: error: {exc}", file=sys.stderr)
         return 2
@@ -88,6 +93,41 @@ def _eval(args: list[str]) -> int:
     Path(opts.run, f"{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plots.goal_strip(result.goal_frames, result.final_frames, result.success, Path(opts.run, f"{name}.png"))
     print(json.dumps(metrics))
+    return 0
+
+
+def _table(args: list[str]) -> int:
+    import warnings
+
+    parser = argparse.ArgumentParser(
+        prog="pixelplan table",
+        description="Results table (one row per env, one column per agent: final eval success rate, "
+                    "mean (std) over seeds) and one learning-curve PNG per env, from finished runs.")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="run directories written by pixelplan train (or directories holding them)")
+    parser.add_argument("--out", default="tables",
+                        help="where to write table.md, table.json and curve-<env>.png (default: tables)")
+    parser.add_argument("--reference", default=None, metavar="FILE.json",
+                        help='paper numbers {env: {agent: value}}, shown as columns "paper (<agent>)"')
+    opts = parser.parse_args(args)
+
+    from pixelplan.runs.table import TableWarning, make_table
+
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TableWarning)
+            result = make_table(opts.run_dirs, opts.out, reference=opts.reference)
+    finally:
+        for w in caught:
+            if issubclass(w.category, TableWarning):
+                print(f"pixelplan table: warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    print(result["markdown"], end="")
+    out = Path(opts.out)
+    print(f"pixelplan table: wrote {out / 'table.md'}, {out / 'table.json'} and "
+          f"{len(result['curves'])} curve PNG(s) in {out}", file=sys.stderr)
     return 0
 
 

@@ -110,6 +110,9 @@ class Config:
     """replay size in frames (each frame stored once)"""
     n_envs: int = 8
     """episodes collected side by side (batched planning)"""
+    env_workers: int | None = None
+    """processes that step the envs (collection and evaluation); None = one per CPU core
+    (at most n_envs); 0 = step them in the training process (best for cheap envs)"""
     replay_ratio: float = 4.0
     """training samples drawn per env step, counted from min_steps_learn on: one batch of
     batch_size every batch_size / replay_ratio env steps"""
@@ -139,7 +142,7 @@ def preset(name: str, env: str = "gridworld") -> Config:
         return Config(env=env, preset="paper")
     if name == "gridworld":
         return Config(
-            env=env, preset="gridworld", steps=40_000, replay_capacity=50_000, n_envs=16,
+            env=env, preset="gridworld", steps=40_000, replay_capacity=50_000, n_envs=16, env_workers=0,
             replay_ratio=16.0, min_steps_learn=1_000, eval_every=5_000, checkpoint_every=10_000,
             log_every=1_000,
             glamor=GlamorConfig(state_size=128, mix_hidden=128, batch_size=256, lr=5e-4,
@@ -178,7 +181,7 @@ def load(path) -> Config:
 
 # Fields that may differ between a checkpoint's config and the config that resumes it:
 # they change the budget or the bookkeeping, not what is learned so far.
-RESUMABLE_FIELDS = {"steps", "out", "device", "threads", "eval_every", "eval_episodes",
+RESUMABLE_FIELDS = {"steps", "out", "device", "threads", "env_workers", "eval_every", "eval_episodes",
                     "checkpoint_every", "log_every", "progress"}
 
 
@@ -206,6 +209,8 @@ def validate(cfg: Config) -> None:
     need(cfg.steps > 0, f"steps must be > 0, got {cfg.steps}")
     need(cfg.frame_stack >= 1, f"frame_stack must be >= 1, got {cfg.frame_stack}")
     need(cfg.n_envs >= 1, f"n_envs must be >= 1, got {cfg.n_envs}")
+    need(cfg.env_workers is None or cfg.env_workers >= 0,
+         f"env_workers must be >= 0 (0 = in the training process) or None (one per core), got {cfg.env_workers}")
     need(cfg.replay_ratio > 0, f"replay_ratio must be > 0, got {cfg.replay_ratio}")
     need(cfg.min_steps_learn >= 0, f"min_steps_learn must be >= 0, got {cfg.min_steps_learn}")
     need(cfg.eval_every > 0 and cfg.checkpoint_every > 0 and cfg.log_every > 0,

@@ -12,7 +12,12 @@ def _glamor(cfg, spec, device, seed):
     return GlamorAgent(cfg, spec, device, seed)
 
 
-AGENTS = {"glamor": _glamor}
+def _random(cfg, spec, device, seed):
+    from pixelplan.agents.random import RandomAgent
+    return RandomAgent(cfg, spec, device, seed)
+
+
+AGENTS = {"glamor": _glamor, "random": _random}
 
 
 def make_agent(name: str, cfg, spec: ObsSpec, device, seed: int) -> Agent:

@@ -9,12 +9,13 @@ rule and the sampling semantics.
 from __future__ import annotations
 
 import math
+import os
 from collections import deque
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["PAD", "HindsightBatch", "ReplayBuffer"]
+__all__ = ["PAD", "HindsightBatch", "ReplayBuffer", "ReplayTooLarge", "available_memory", "check_replay_fits"]
 
 #: Padding value for action slots beyond ``k`` (and the per-slot action at an episode's final frame).
 PAD = -1
@@ -304,3 +305,43 @@ class ReplayBuffer:
         self._num_frames = int(state["num_frames"])
         self._next_id = int(state["next_id"])
         self._total_steps = int(state["total_steps"])
+
+
+# ---------------------------------------------------------------------- memory check
+class ReplayTooLarge(ValueError):
+    """The replay asked for would not fit in this machine's memory."""
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_replay_fits(capacity: int, frame_shape: tuple[int, ...], available: int | None = None,
+                      reserve: int = 3 * 2**30) -> int:
+    """Refuse, before training starts, a replay that this machine could not hold.
+
+    The arrays are allocated lazily (numpy's zeros), so a too-large buffer would only fail
+    when the ring fills, hours into a run. ``reserve`` bytes are kept for everything else
+    (model, batches, env processes). Returns the bytes the buffer needs.
+    """
+    need = ReplayBuffer.bytes_needed(capacity, frame_shape)
+    available = available_memory() if available is None else available
+    if available is not None and need + reserve > available:
+        per_frame = need / max(1, int(capacity))
+        fits = max(0, int((available - reserve) / per_frame))
+        raise ReplayTooLarge(
+            f"a replay of {int(capacity):,} frames of shape {tuple(frame_shape)} needs {need / 2**30:.1f} GiB, "
+            f"but this machine has {available / 2**30:.1f} GiB available ({reserve / 2**30:.0f} GiB is kept for "
+            f"the rest of the run); use --replay-capacity {fits:,} or less, or a machine with more memory")
+    return need

@@ -6,10 +6,11 @@
 >>> frame.shape, frame.dtype.name, info["features"].tolist()
 ((27, 27), 'uint8', [3.0, 3.0])
 
-Names are plain (``"gridworld"``) or may later use a ``"prefix:rest"`` form
-(e.g. ``"dmc:cartpole-balance"``): ``register("dmc:", factory)`` registers a
-prefix handler called as ``factory(rest, **kwargs)``. No prefix handler is
-built in yet.
+Names are plain (``"gridworld"``) or use a ``"prefix:rest"`` form
+(``"dmc:cartpole-balance"``): ``register("dmc:", factory)`` registers a
+prefix handler called as ``factory(rest, **kwargs)``. Built in: ``gridworld``,
+``gridworld-fourrooms`` and ``dmc:<domain>-<task>`` (any dm_control suite task;
+see :mod:`pixelplan.envs.dmc`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import inspect
 from typing import Any, Callable
 
 from .core import Goal, GoalEnv, GoalSpec, GymGoalEnv, check_goal_frame
-from .goals import diverse_goals, load_goals, save_goals
+from .dmc import DMCGoalEnv, make_dmc
+from .goals import GoalSets, build_goal_sets, cached_goal_sets, diverse_goals, load_goals, save_goals
 from .gridworld import GridWorld
 from .wrappers import FrameStack, stack_from_history
 
@@ -29,6 +31,10 @@ __all__ = [
     "GymGoalEnv",
     "check_goal_frame",
     "GridWorld",
+    "DMCGoalEnv",
+    "GoalSets",
+    "build_goal_sets",
+    "cached_goal_sets",
     "FrameStack",
     "stack_from_history",
     "diverse_goals",
@@ -121,4 +127,5 @@ def _gridworld_fourrooms(
 
 
 register("gridworld", GridWorld)
+register("dmc:", make_dmc)
 register("gridworld-fourrooms", _gridworld_fourrooms)

@@ -291,19 +291,27 @@ class GoalEnv(gym.Env):
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         rng = as_rng(rng)
+        if not isinstance(self.action_space, gym.spaces.Discrete):
+            raise TypeError(f"training_goals needs a Discrete action space, got {self.action_space}")
+        return [self.random_rollout(rng) for _ in range(n)]
+
+    def random_rollout(self, rng: np.random.Generator, capture_frame: bool = True) -> Goal:
+        """The final state of one uniform-random-policy episode of random length.
+
+        Resets with a seed drawn from ``rng``, then takes ``L ~ Uniform{1..T}`` uniform
+        random actions (fewer if the episode ends). Returns that state as a :class:`Goal`;
+        with ``capture_frame=False`` the frame may be a zero placeholder, which lets envs
+        whose rendering is costly skip it (used to estimate feature ranges). The frame
+        and the features always come from the same state.
+        """
+        self.reset(seed=int(rng.integers(2**31 - 1)))
+        length = int(rng.integers(1, self.max_episode_steps + 1))
         space = self.action_space
-        if not isinstance(space, gym.spaces.Discrete):
-            raise TypeError(f"training_goals needs a Discrete action space, got {space}")
-        goals = []
-        for _ in range(n):
-            self.reset(seed=int(rng.integers(2**31 - 1)))
-            length = int(rng.integers(1, self.max_episode_steps + 1))
-            for _ in range(length):
-                _, _, terminated, truncated, _ = self.step(int(space.start) + int(rng.integers(space.n)))
-                if terminated or truncated:
-                    break
-            goals.append(self.current_goal())
-        return goals
+        for _ in range(length):
+            _, _, terminated, truncated, _ = self.step(int(space.start) + int(rng.integers(space.n)))
+            if terminated or truncated:
+                break
+        return self.current_goal()
 
     def evaluation_goals(self) -> list[Goal]:
         raise NotImplementedError(

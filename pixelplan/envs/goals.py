@@ -1,15 +1,20 @@
-"""Generic goal-set helpers: picking a diverse evaluation set, saving and loading goals."""
+"""Goal sets: picking a diverse evaluation set, estimating feature ranges, building, caching,
+saving and loading goals. Shared by every env suite (DM Control, Atari, ...)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from typing import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .core import Goal, GoalSpec, as_rng
 
-__all__ = ["diverse_goals", "save_goals", "load_goals"]
+__all__ = ["diverse_goals", "save_goals", "load_goals", "GoalSets", "estimate_ranges", "build_goal_sets",
+           "cached_goal_sets", "default_cache_dir"]
 
 
 def _nearest_excluding(points: np.ndarray, x: np.ndarray, skip: int) -> float:
@@ -97,3 +102,122 @@ def load_goals(path: str | os.PathLike) -> tuple[list[Goal], GoalSpec]:
         spec = GoalSpec.from_dict(json.loads(str(data["spec"])))
         goals = [Goal(f, x) for f, x in zip(data["frames"], data["features"])]
     return goals, spec
+
+
+# ---------------------------------------------------------------------- goal sets
+#: bump when the way goal sets are built changes, so stale caches are rebuilt
+GOAL_SET_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class GoalSets:
+    """What an env's evaluation protocol needs: the feature ranges and two fixed goal sets.
+
+    ``spec`` has feasible ranges estimated from random rollouts; ``evaluation`` is the
+    fixed, diverse set every agent is evaluated on; ``training`` the goals that collection
+    draws from. ``meta`` records how they were built (seed, counts, versions).
+    """
+
+    spec: GoalSpec
+    evaluation: list
+    training: list
+    meta: dict
+
+
+def estimate_ranges(env, rollouts: int, rng: np.random.Generator | int | None,
+                    names: Sequence[str], tolerance_fraction: float = 0.1) -> GoalSpec:
+    """Feasible feature ranges: min..max over the final states of random-policy rollouts.
+
+    Each rollout starts from ``reset`` and lasts ``L ~ Uniform{1..T}`` uniform-random
+    actions (the GLAMOR authors' recipe); the tolerance is ``tolerance_fraction`` of each
+    range (ranges under 1e-2 count as 1). ``env`` must provide ``random_rollout``.
+    """
+    if rollouts < 2:
+        raise ValueError(f"estimating ranges needs at least 2 rollouts, got {rollouts}")
+    rng = as_rng(rng)
+    feats = np.stack([env.random_rollout(rng, capture_frame=False).features for _ in range(rollouts)])
+    return GoalSpec.from_ranges(names, feats.min(axis=0), feats.max(axis=0), tolerance_fraction)
+
+
+def build_goal_sets(env, names: Sequence[str], seed: int = 0, n_evaluation: int = 30, n_training: int = 1000,
+                    range_rollouts: int = 500, n_candidates: int | None = None,
+                    tolerance_fraction: float = 0.1) -> GoalSets:
+    """Build an env's goal sets, deterministically from ``seed``.
+
+    1. Ranges from ``range_rollouts`` random rollouts (:func:`estimate_ranges`).
+    2. ``n_training`` training goals: final states of random rollouts.
+    3. ``n_evaluation`` evaluation goals: the greedy max-min pick (:func:`diverse_goals`, in
+       range-normalised feature space) from ``n_candidates`` (default ``n_training``) further
+       random final states, drawn independently of the training goals.
+
+    ``env`` provides ``random_rollout(rng, capture_frame) -> Goal`` (see
+    :meth:`pixelplan.envs.core.GoalEnv.random_rollout`). Each stage has its own stream
+    ``np.random.default_rng([seed, stage])``.
+    """
+    for what, n in (("n_evaluation", n_evaluation), ("n_training", n_training)):
+        if n < 1:
+            raise ValueError(f"{what} must be >= 1, got {n}")
+    n_candidates = n_training if n_candidates is None else n_candidates
+    if n_candidates < n_evaluation:
+        raise ValueError(f"n_candidates ({n_candidates}) must be >= n_evaluation ({n_evaluation})")
+    spec = estimate_ranges(env, range_rollouts, np.random.default_rng([seed, 0]), names, tolerance_fraction)
+    rng = np.random.default_rng([seed, 1])
+    training = [env.random_rollout(rng, capture_frame=True) for _ in range(n_training)]
+    rng = np.random.default_rng([seed, 2])
+    candidates = [env.random_rollout(rng, capture_frame=True) for _ in range(n_candidates)]
+    evaluation = diverse_goals(candidates, n_evaluation, spec, rng)
+    meta = {"format": GOAL_SET_FORMAT, "seed": int(seed), "n_evaluation": int(n_evaluation),
+            "n_training": int(n_training), "range_rollouts": int(range_rollouts),
+            "n_candidates": int(n_candidates), "tolerance_fraction": float(tolerance_fraction)}
+    return GoalSets(spec, evaluation, training, meta)
+
+
+def default_cache_dir() -> Path:
+    """``$PIXELPLAN_CACHE`` if set, else ``~/.cache/pixelplan``."""
+    root = os.environ.get("PIXELPLAN_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "pixelplan"
+
+
+def cached_goal_sets(key: dict, build: Callable[[], GoalSets], cache_dir: str | os.PathLike | None = None,
+                     ) -> tuple[GoalSets, Path]:
+    """Load the goal sets that ``key`` identifies from the cache, or ``build()`` and store them.
+
+    ``key`` is a JSON-serialisable dict of everything the sets depend on (env name and
+    options, seed, counts, library versions); its hash names the file, and the file
+    stores it so that a mismatch is detected. Writes are atomic, so processes building
+    the same sets at once cannot leave a torn file.
+    """
+    key = {**key, "format": GOAL_SET_FORMAT}
+    text = json.dumps(key, sort_keys=True)
+    digest = hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(key.get("env", "env")))
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = root / "goals" / f"{name}-{digest}.npz"
+    if path.exists():
+        try:
+            sets, stored_key = _load_sets(path)
+            if stored_key == json.loads(text):
+                return sets, path
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable or stale: rebuild below
+    sets = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez_compressed(
+        tmp, key=np.array(text), spec=np.array(json.dumps(sets.spec.to_dict())), meta=np.array(json.dumps(sets.meta)),
+        eval_frames=np.stack([g.frame for g in sets.evaluation]),
+        eval_features=np.stack([g.features for g in sets.evaluation]),
+        train_frames=np.stack([g.frame for g in sets.training]),
+        train_features=np.stack([g.features for g in sets.training]))
+    os.replace(tmp, path)
+    return sets, path
+
+
+def _load_sets(path: Path) -> tuple[GoalSets, dict]:
+    with np.load(path, allow_pickle=False) as data:
+        key = json.loads(str(data["key"]))
+        spec = GoalSpec.from_dict(json.loads(str(data["spec"])))
+        meta = json.loads(str(data["meta"]))
+        evaluation = [Goal(f, x) for f, x in zip(data["eval_frames"], data["eval_features"])]
+        training = [Goal(f, x) for f, x in zip(data["train_frames"], data["train_features"])]
+    return GoalSets(spec, evaluation, training, meta), key

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from pixelplan.agents.base import TERMINATE, Agent
+from pixelplan.envs.vector import EnvPool
 
 
 @dataclass
@@ -38,14 +39,24 @@ class EvalResult:
 
 
 def evaluate(agent: Agent, make_env: Callable[[], object], goals: list, episodes: int | None = None,
-             batch: int = 64, eval_seed: int = 10_000) -> EvalResult:
-    """Run ``episodes`` evaluation episodes (default: one per goal, cycling through ``goals``)."""
+             batch: int = 64, eval_seed: int = 10_000, pool: EnvPool | None = None) -> EvalResult:
+    """Run ``episodes`` evaluation episodes (default: one per goal, cycling through ``goals``).
+
+    Up to ``batch`` episodes run side by side in an :class:`EnvPool` of ``make_env`` envs
+    (in this process), or in ``pool`` when given (its size is then the batch).
+    """
     episodes = len(goals) if episodes is None else episodes
     if episodes < 1:
         raise ValueError(f"evaluation needs at least one episode, got {episodes}")
-    envs = [make_env() for _ in range(min(batch, episodes))]
-    parts = [_run_chunk(agent, envs[:min(batch, episodes - s)], goals, range(s, min(s + batch, episodes)),
-                        eval_seed) for s in range(0, episodes, batch)]
+    own = pool is None
+    pool = EnvPool(make_env, min(batch, episodes)) if own else pool
+    try:
+        size = len(pool)
+        parts = [_run_chunk(agent, pool, goals, range(s, min(s + size, episodes)), eval_seed)
+                 for s in range(0, episodes, size)]
+    finally:
+        if own:
+            pool.close()
     cat = lambda key: np.concatenate([p[key] for p in parts])  # noqa: E731
     optimal = None if any(p["optimal"] is None for p in parts) else cat("optimal")
     return EvalResult(success=cat("success"), steps=cat("steps"), optimal=optimal,
@@ -53,17 +64,13 @@ def evaluate(agent: Agent, make_env: Callable[[], object], goals: list, episodes
                       goal_index=cat("goal_index"))
 
 
-def _run_chunk(agent, envs, goals, episode_ids, eval_seed) -> dict:
-    n = len(envs)
+def _run_chunk(agent, pool: EnvPool, goals, episode_ids, eval_seed) -> dict:
+    n = len(episode_ids)
     goal_index = np.array([e % len(goals) for e in episode_ids])
     chosen = [goals[g] for g in goal_index]
     goal_frames = np.stack([g.frame for g in chosen])
-    obs, start_features = [], []
-    for env, e in zip(envs, episode_ids):
-        o, info = env.reset(seed=eval_seed + e)
-        obs.append(o)
-        start_features.append(info["features"])
-    obs = np.stack(obs)
+    obs, infos = pool.reset(range(n), [eval_seed + e for e in episode_ids])
+    start_features = [info["features"] for info in infos]
     features = list(start_features)
     t = np.zeros(n, dtype=np.int64)
     done = np.zeros(n, dtype=bool)
@@ -71,21 +78,21 @@ def _run_chunk(agent, envs, goals, episode_ids, eval_seed) -> dict:
         live = np.flatnonzero(~done)         # finished rows need no more planning
         actions = np.full(n, TERMINATE)
         actions[live] = agent.act(obs[live], goal_frames[live], t[live], explore=False, env_steps=0)
-        for i in live:
-            if actions[i] == TERMINATE:
-                done[i] = True
-                continue
-            o, _, terminated, truncated, info = envs[i].step(int(actions[i]))
-            obs[i], features[i] = o, info["features"]
-            t[i] += 1
-            done[i] = terminated or truncated
-    spec = envs[0].unwrapped.goal_spec
+        stop = live[actions[live] == TERMINATE]
+        done[stop] = True
+        go = live[actions[live] != TERMINATE]
+        if len(go):
+            new_obs, terminated, truncated, step_infos = pool.step(go, actions[go])
+            obs[go] = new_obs
+            for j, i in enumerate(go):
+                features[i] = step_infos[j]["features"]
+            t[go] += 1
+            done[go] = terminated | truncated
+    spec = pool.get("goal_spec")
     success = np.array([bool(spec.achieved(f, g.features)) for f, g in zip(features, chosen)])
     optimal = None
-    optimal_steps = getattr(envs[0].unwrapped, "optimal_steps", None)
-    if optimal_steps is not None:
-        best = [optimal_steps(s, g.features) for s, g in zip(start_features, chosen)]
-        if all(b is not None for b in best):
-            optimal = success & (t == np.array(best))
+    best = pool.call("optimal_steps", [(s, g.features) for s, g in zip(start_features, chosen)])
+    if all(b is not None for b in best):
+        optimal = success & (t == np.array(best))
     return {"success": success, "steps": t.copy(), "optimal": optimal, "goal_frames": goal_frames,
             "final_frames": obs[:, -1].copy(), "goal_index": goal_index}

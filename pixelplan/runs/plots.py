@@ -1,4 +1,5 @@
-"""Figures of a run: the learning curve and the goal-versus-achieved image strip."""
+"""Figures: a run's learning curve and goal-versus-achieved image strip, and the
+across-runs success curves of ``pixelplan table``."""
 
 from __future__ import annotations
 
@@ -30,6 +31,37 @@ def learning_curve(records: list[dict], path: Path, title: str = "") -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def success_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path,
+                   title: str = "", labels: list[str] | None = None) -> None:
+    """Evaluation success rate against env steps, one line per label, in the order given.
+
+    ``curves`` maps a label (an agent) to ``(steps, mean, std)``; the band is mean +- std,
+    clipped to [0, 1]. ``labels``, when given, fixes each label's colour by its position in
+    it, so one agent keeps its colour across figures that miss some agents.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labels = list(labels) if labels is not None else list(curves)
+    for label, (steps, mean, std) in curves.items():
+        i = labels.index(label) if label in labels else len(labels) + list(curves).index(label)
+        colour = colours[i % len(colours)]
+        steps, mean, std = (np.asarray(a, dtype=float) for a in (steps, mean, std))
+        ax.plot(steps, mean, marker="o", markersize=3, color=colour, label=label)
+        ax.fill_between(steps, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color=colour,
+                        alpha=0.2, linewidth=0)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("eval success rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(loc="best")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -29,9 +29,8 @@ import torch
 from pixelplan import config as config_lib
 from pixelplan.agents import ObsSpec, make_agent, resolve_device
 from pixelplan.config import Config
-from pixelplan.data.replay import ReplayBuffer
-from pixelplan.envs import make as make_env
-from pixelplan.envs.wrappers import FrameStack
+from pixelplan.data.replay import ReplayBuffer, check_replay_fits
+from pixelplan.envs.vector import EnvFactory, EnvPool, default_workers
 from pixelplan.runs import plots
 from pixelplan.runs.evaluate import EvalResult, evaluate
 from pixelplan.runs.logging import MetricsLog, read_metrics
@@ -39,6 +38,7 @@ from pixelplan.runs.logging import MetricsLog, read_metrics
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 TRAINING_GOALS = 1000
+EVAL_BATCH = 64  # evaluation episodes run side by side
 
 
 class IncompatibleCheckpoint(ValueError):
@@ -84,9 +84,13 @@ def parse_env_options(options: dict[str, str]) -> dict:
     return out
 
 
-def env_factory(cfg: Config):
-    options = parse_env_options(cfg.env_options)
-    return lambda: FrameStack(make_env(cfg.env, **options), cfg.frame_stack)
+def env_factory(cfg: Config) -> EnvFactory:
+    return EnvFactory(cfg.env, parse_env_options(cfg.env_options), cfg.frame_stack)
+
+
+def env_workers(cfg: Config) -> int:
+    """Env processes: ``cfg.env_workers``, or one per core (at most n_envs) when it is None."""
+    return default_workers(cfg.n_envs) if cfg.env_workers is None else cfg.env_workers
 
 
 def obs_spec_of(env) -> ObsSpec:
@@ -128,11 +132,14 @@ def train(cfg: Config) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     config_lib.save(cfg, saved_cfg_path)
 
-    envs = [factory() for _ in range(cfg.n_envs)]
-    replay = ReplayBuffer(cfg.replay_capacity, spec.frame_shape, spec.frame_stack)
-    if spec.max_episode_steps + 1 > cfg.replay_capacity:
-        raise ValueError(f"replay_capacity ({cfg.replay_capacity}) must hold at least one episode "
-                         f"({spec.max_episode_steps + 1} frames)")
+    learns = getattr(agent, "learns", True)
+    replay = None
+    if learns:  # agents that do not learn (random) need no replay
+        if spec.max_episode_steps + 1 > cfg.replay_capacity:
+            raise ValueError(f"replay_capacity ({cfg.replay_capacity}) must hold at least one episode "
+                             f"({spec.max_episode_steps + 1} frames)")
+        check_replay_fits(cfg.replay_capacity, spec.frame_shape)
+        replay = ReplayBuffer(cfg.replay_capacity, spec.frame_shape, spec.frame_stack)
     goal_pool = probe.unwrapped.training_goals(TRAINING_GOALS, np.random.default_rng([cfg.seed, 1]))
     goal_frames = np.stack([g.frame for g in goal_pool])
     eval_goals = probe.unwrapped.evaluation_goals()
@@ -147,6 +154,9 @@ def train(cfg: Config) -> dict:
     def wall() -> float:
         return wall_before + time.perf_counter() - started
 
+    workers = env_workers(cfg)
+    pool = EnvPool(factory, cfg.n_envs, workers)
+    eval_pool = None  # made at the first evaluation
     bar = _progress(cfg, state.env_steps)
     last_eval: dict = {}
     train_metrics = state.pending_metrics
@@ -154,9 +164,10 @@ def train(cfg: Config) -> dict:
     try:
         while state.env_steps < cfg.steps:
             steps_before = state.env_steps
-            episodes = _collect_round(cfg, envs, agent, replay, goal_frames, rng, state, train_metrics)
-            for frames, actions in episodes:
-                replay.add_episode(frames, actions)
+            episodes = _collect_round(cfg, pool, agent, replay, goal_frames, rng, state, train_metrics)
+            if replay is not None:
+                for frames, actions in episodes:
+                    replay.add_episode(frames, actions)
             state.episodes += len(episodes)
             if bar is not None:
                 bar.update(state.env_steps - steps_before)
@@ -164,7 +175,8 @@ def train(cfg: Config) -> dict:
                 now = time.perf_counter()
                 values = _mean(train_metrics)
                 values.update(env_steps_per_s=(state.env_steps - steps_at_last_log) / (now - time_at_last_log),
-                              updates=state.updates, episodes=state.episodes, replay_frames=replay.num_frames,
+                              updates=state.updates, episodes=state.episodes,
+                              replay_frames=replay.num_frames if replay is not None else 0,
                               wall_seconds=wall())
                 if hasattr(agent, "epsilon"):
                     values["epsilon"] = agent.epsilon(state.env_steps)
@@ -175,7 +187,9 @@ def train(cfg: Config) -> dict:
                     state.next_log += cfg.log_every
             final = state.env_steps >= cfg.steps
             if state.env_steps >= state.next_eval or final:
-                result = evaluate(agent, factory, eval_goals, cfg.eval_episodes)
+                if eval_pool is None:
+                    eval_pool = EnvPool(factory, min(EVAL_BATCH, cfg.eval_episodes or len(eval_goals)), workers)
+                result = evaluate(agent, factory, eval_goals, cfg.eval_episodes, pool=eval_pool)
                 last_eval = result.metrics()
                 log.log(state.env_steps, "eval", {**last_eval, "wall_seconds": wall()})
                 if bar is not None:
@@ -193,6 +207,9 @@ def train(cfg: Config) -> dict:
         if bar is not None:
             bar.close()
         log.close()
+        pool.close()
+        if eval_pool is not None:
+            eval_pool.close()
     if not last_eval:  # resumed a run that had already finished
         last_eval = next((r for r in reversed(read_metrics(out)) if r["kind"] == "eval"), {})
         last_eval = {k: v for k, v in last_eval.items() if k not in ("step", "kind", "wall_seconds")}
@@ -207,10 +224,11 @@ def _eval_trials(cfg: Config) -> int | None:
     return cfg.glamor.eval_trials or cfg.glamor.trials if cfg.agent == "glamor" else None
 
 
-def _collect_round(cfg, envs, agent, replay, goal_frames, rng, state, train_metrics):
-    n = len(envs)
+def _collect_round(cfg, pool: EnvPool, agent, replay, goal_frames, rng, state, train_metrics):
+    n = len(pool)
     goals = goal_frames[rng.integers(len(goal_frames), size=n)]
-    obs = np.stack([env.reset(seed=int(rng.integers(2**31)))[0] for env in envs])
+    seeds = [int(rng.integers(2**31)) for _ in range(n)]
+    obs, _ = pool.reset(range(n), seeds)
     frames = [[o[-1]] for o in obs]
     actions_taken: list[list[int]] = [[] for _ in range(n)]
     t = np.zeros(n, dtype=np.int64)
@@ -218,15 +236,16 @@ def _collect_round(cfg, envs, agent, replay, goal_frames, rng, state, train_metr
     while not done.all():
         actions = agent.act(obs, goals, t, explore=True, env_steps=state.env_steps)
         live = np.flatnonzero(~done)
-        for i in live:
-            o, _, terminated, truncated, _ = envs[i].step(int(actions[i]))
-            obs[i] = o
-            frames[i].append(o[-1])
+        new_obs, terminated, truncated, _ = pool.step(live, actions[live])
+        obs[live] = new_obs
+        for j, i in enumerate(live):
+            frames[i].append(new_obs[j, -1])
             actions_taken[i].append(int(actions[i]))
-            t[i] += 1
-            done[i] = terminated or truncated
+        t[live] += 1
+        done[live] = terminated | truncated
         state.env_steps += len(live)
-        _train_due(cfg, agent, replay, rng, state, train_metrics)
+        if replay is not None:
+            _train_due(cfg, agent, replay, rng, state, train_metrics)
     return [(np.stack(f), np.array(a, dtype=np.int64)) for f, a in zip(frames, actions_taken)]
 
 
@@ -262,11 +281,19 @@ def _write_figures(out: Path, cfg: Config, result: EvalResult) -> None:
 
 
 # ---------------------------------------------------------------------- checkpoints
+def _replay_tensors(replay) -> dict | None:
+    """The replay's state with its arrays as tensors sharing their memory: saving copies
+    nothing, and loading can memory-map them."""
+    if replay is None:
+        return None
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+            for k, v in replay.state_dict(copy=False).items()}
+
+
 def _save_checkpoint(path: Path, cfg, spec, agent, replay, rng, state: LoopState) -> None:
     state.rng = rng.bit_generator.state
     payload = {"format": CHECKPOINT_FORMAT, "config": config_lib.to_dict(cfg), "spec": spec.to_dict(),
-               # The replay goes in without a copy: torch.save serialises its live arrays at once.
-               "agent": agent.state_dict(), "replay": replay.state_dict(copy=False), "loop": state.__dict__,
+               "agent": agent.state_dict(), "replay": _replay_tensors(replay), "loop": state.__dict__,
                "torch_rng": torch.get_rng_state()}
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
@@ -275,7 +302,9 @@ def _save_checkpoint(path: Path, cfg, spec, agent, replay, rng, state: LoopState
 
 def _load_checkpoint(path: Path, cfg, spec, agent, replay, rng) -> LoopState:
     try:
-        payload = torch.load(path, weights_only=False)
+        # mmap: the replay's frames are read from the file as they are copied into the buffer,
+        # so resuming does not need the buffer's memory twice.
+        payload = torch.load(path, weights_only=False, mmap=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
         raise IncompatibleCheckpoint(f"cannot read checkpoint {path}: {exc}. Delete it to start over.") from exc
     if payload.get("format") != CHECKPOINT_FORMAT:
@@ -291,7 +320,9 @@ def _load_checkpoint(path: Path, cfg, spec, agent, replay, rng) -> LoopState:
     except (RuntimeError, KeyError, ValueError) as exc:
         raise IncompatibleCheckpoint(f"checkpoint {path} does not fit this agent ({exc}); "
                                      f"use a new --out directory") from exc
-    replay.load_state_dict(payload["replay"])
+    if replay is not None:
+        replay.load_state_dict({k: v.numpy() if isinstance(v, torch.Tensor) else v
+                                for k, v in payload["replay"].items()})
     torch.set_rng_state(payload["torch_rng"])
     state = LoopState(**payload["loop"])
     rng.bit_generator.state = state.rng
@@ -308,7 +339,7 @@ def load_agent(run_dir) -> tuple[Config, object, object, list]:
                                 f"`pixelplan train --out {run_dir}`")
     cfg = config_lib.load(cfg_path)
     factory, probe, spec, agent, _ = prepare(cfg)
-    payload = torch.load(ckpt_path, weights_only=False)
+    payload = torch.load(ckpt_path, weights_only=False, mmap=True)  # mmap: the replay is not read
     if payload["spec"] != spec.to_dict():
         raise IncompatibleCheckpoint(f"checkpoint {ckpt_path} was made for env spec {payload['spec']}, "
                                      f"but the env now gives {spec.to_dict()}")
