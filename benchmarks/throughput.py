@@ -16,6 +16,10 @@
 * ``decision_ms_mpc``: a whole MPC decision of the agent: encode the state (104x80, IMPALA),
   mix it with the goal's code (cached from the episode's first decision), plan.
   ``decision_ms_cold``: the same for a goal never seen before, so its frame is encoded too.
+* ``dmc_env_steps_per_s``: DM Control collection speed per task: 8 envs (frame stack 4) in
+  an ``EnvPool`` with one worker process per core, uniform random actions; each agent step
+  renders one 80x104 frame (point_mass: after 4 physics steps). Also with the envs in the
+  calling process (``workers=0``). ``--quick`` times two tasks with tiny goal sets.
 
 Prints one JSON object on its last line.
 """
@@ -124,6 +128,28 @@ def training_loop_steps_per_s(device: str, steps: int) -> dict:
     return {"train_env_steps_per_s": round(float(np.median(rates)), 1) if rates else None}
 
 
+def dmc_env_steps_per_s(tasks: list[str], vector_steps: int, goal_options: dict) -> dict:
+    from pixelplan.envs.vector import EnvFactory, EnvPool, default_workers
+    out: dict = {}
+    for task in tasks:
+        factory = EnvFactory(f"dmc:{task}", goal_options, frame_stack=4)
+        factory()  # builds (or loads) the goal sets before timing
+        row = {}
+        for label, workers in (("pool", default_workers(8)), ("in_process", 0)):
+            with EnvPool(factory, 8, workers) as pool:
+                n_actions = pool.get("action_space").n
+                rng = np.random.default_rng(0)
+                pool.reset(range(8), range(8))
+                start = time.perf_counter()
+                for _ in range(vector_steps):
+                    pool.step(range(8), rng.integers(0, n_actions, 8))
+                row[label] = round(8 * vector_steps / (time.perf_counter() - start), 1)
+            row[f"{label}_workers"] = workers
+        out[task] = row
+        print("dmc", task, row, flush=True)
+    return {"dmc_env_steps_per_s": out}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small budgets, for smoke runs")
@@ -144,6 +170,12 @@ def main() -> None:
         if device == "cuda":
             r["gpu"] = torch.cuda.get_device_name()
         results[device] = r
+    if args.quick:
+        results.update(dmc_env_steps_per_s(["point_mass-easy", "cartpole-balance"], 10,
+                                           dict(n_eval_goals=2, n_train_goals=2, range_rollouts=4)))
+    else:
+        from pixelplan.envs.dmc import PAPER_TASKS
+        results.update(dmc_env_steps_per_s(list(PAPER_TASKS), 100, {}))
     print(json.dumps(results))
 
 

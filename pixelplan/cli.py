@@ -4,6 +4,7 @@
                     [--steps N] [--seed S] [--out DIR] [--glamor.trials 100] ...
     pixelplan eval --run DIR [--trials N] [--episodes N]
     pixelplan table RUN_DIR... [--out DIR] [--reference FILE.json]
+    pixelplan goals --env NAME [--set evaluation|training] [--n N] --out goals.png
 
 ``train`` first picks the preset (``--preset``, default auto: by env), then applies every
 other flag on top of it: any config leaf can be set (``pixelplan train --help`` lists them).
@@ -18,13 +19,15 @@ import json
 import sys
 from pathlib import Path
 
-USAGE = """usage: pixelplan {train,eval,table} ...
+USAGE = """usage: pixelplan {train,eval,table,goals} ...
 
   train   train an agent (default: GLAMOR on the grid world); re-run to resume
   eval    evaluate a saved run
   table   results table (env x agent, mean (std) over seeds) and learning curves of runs
 
-pixelplan train --help, pixelplan eval --help and pixelplan table --help show the options."""
+  goals   draw an env's evaluation (or training) goals as an image grid
+
+pixelplan <command> --help shows the options."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             return _eval(rest)
         if command == "table":
             return _table(rest)
+        if command == "goals":
+            return _goals(rest)
     except (ValueError, FileNotFoundError) as exc:
         print(f"pixelplan {command}: error: {exc}", file=sys.stderr)
         return 2
@@ -64,6 +69,42 @@ def _train(args: list[str]) -> int:
     from pixelplan.runs.train import train
     summary = train(cfg)
     print(json.dumps(summary))
+    return 0
+
+
+def _goals(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pixelplan goals",
+                                     description="Draw an env's goal set as an image grid (reading order).")
+    parser.add_argument("--env", required=True, help="env name, e.g. dmc:cartpole-balance or gridworld")
+    parser.add_argument("--env-options", nargs="*", default=[], metavar="KEY VALUE",
+                        help="env keyword arguments as key value pairs, as for pixelplan train")
+    parser.add_argument("--set", choices=("evaluation", "training"), default="evaluation")
+    parser.add_argument("--n", type=int, default=None, help="goals to draw (default: the evaluation set, or 100)")
+    parser.add_argument("--columns", type=int, default=10)
+    parser.add_argument("--out", default="goals.png", help="PNG to write")
+    opts = parser.parse_args(args)
+    if len(opts.env_options) % 2:
+        raise ValueError("--env-options takes KEY VALUE pairs")
+    if opts.n is not None and opts.n < 1:
+        raise ValueError(f"--n must be >= 1, got {opts.n}")
+
+    import numpy as np
+
+    from pixelplan.envs import make
+    from pixelplan.runs import plots
+    from pixelplan.runs.train import parse_env_options
+
+    options = parse_env_options(dict(zip(opts.env_options[::2], opts.env_options[1::2])))
+    env = make(opts.env, **options)
+    if opts.set == "evaluation":
+        goals = env.evaluation_goals()[:opts.n]
+    else:
+        goals = env.training_goals(opts.n or 100, np.random.default_rng(0))
+    plots.goal_grid(np.stack([g.frame for g in goals]), Path(opts.out), columns=opts.columns)
+    spec = env.goal_spec
+    print(json.dumps({"env": opts.env, "set": opts.set, "goals": len(goals), "out": opts.out,
+                      "features": list(spec.names), "low": spec.low.round(4).tolist(),
+                      "high": spec.high.round(4).tolist()}))
     return 0
 
 

@@ -6,6 +6,7 @@ The figures themselves are measured by running the scripts (docs/results.md), no
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,12 +37,16 @@ def test_planning_compute_on_a_saved_run(tmp_path):
     assert (out / "heatmap.png").stat().st_size > 0 and (out / "table.md").exists()
 
 
-def test_throughput_quick():
+def test_throughput_quick(tmp_path):
+    env = {**os.environ, "PIXELPLAN_CACHE": str(tmp_path / "cache")}   # tiny goal sets, not the user's cache
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--quick", "--device", "cpu"],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     cpu = _last_json(proc.stdout)["cpu"]
     for key in ("planner_ms_per_decision", "planner_ms_per_decision_early", "decision_ms_mpc", "decision_ms_cold",
                 "train_samples_per_s_gridworld",
                 "train_samples_per_s_paper_104x80", "train_env_steps_per_s"):
         assert cpu[key] is not None and cpu[key] > 0, key
+    dmc = _last_json(proc.stdout)["dmc_env_steps_per_s"]
+    assert set(dmc) == {"point_mass-easy", "cartpole-balance"}
+    assert all(row["pool"] > 0 and row["in_process"] > 0 and row["in_process_workers"] == 0 for row in dmc.values())

@@ -112,6 +112,14 @@ def test_same_seed_same_metrics_and_other_seed_differs(baseline, tmp_path):
     assert losses(mine) and losses(mine) != losses(theirs)
 
 
+def test_env_worker_processes_give_the_same_run(baseline, tmp_path):
+    """Stepping envs in worker processes changes speed, never results."""
+    out, summary = baseline
+    spread = train(small_run_config(tmp_path / "workers", env_workers=2))
+    assert summary_without_timing(spread) == summary_without_timing(summary)
+    assert without_timing(read_metrics(tmp_path / "workers")) == without_timing(read_metrics(out))
+
+
 # ------------------------------------------------------------------- resume
 def test_resume_after_a_crash_is_exact(baseline, tmp_path, monkeypatch):
     out = tmp_path / "resumed"
@@ -263,3 +271,31 @@ def test_cli_errors_return_2(tmp_path, capsys, argv, needle):
     assert cli.main(argv) == 2
     assert needle in capsys.readouterr().err
     assert not Path(tmp_path / "out" / "checkpoint.pt").exists()
+
+
+# ------------------------------------------------------------------- memory
+def test_a_replay_too_large_for_the_machine_is_refused_before_training(tmp_path, monkeypatch):
+    from pixelplan.data import replay as replay_mod
+    monkeypatch.setattr(replay_mod, "available_memory", lambda: 4 * 2**30)
+    cfg = small_run_config(tmp_path / "big", replay_capacity=2_000_000)   # 27x27 frames: 1.5 GiB + reserve
+    with pytest.raises(replay_mod.ReplayTooLarge, match=r"--replay-capacity [\d,]+ or less"):
+        train(cfg)
+    assert not (tmp_path / "big" / "checkpoint.pt").exists()
+    fits = train(small_run_config(tmp_path / "fits", replay_capacity=20_000))
+    assert fits["replay_gib"] == round(20_000 * (27 * 27 + 32) / 2**30, 3)   # the buffer reports its memory
+
+
+def test_check_replay_fits_counts_each_frame_once():
+    from pixelplan.data.replay import ReplayTooLarge, check_replay_fits
+    need = check_replay_fits(1_000_000, (80, 104), available=24 * 2**30)
+    assert need == 1_000_000 * (80 * 104 + 32)          # about 8.4 GB: frames once, 4 int64 per slot
+    with pytest.raises(ReplayTooLarge, match="needs 7.8 GiB"):
+        check_replay_fits(1_000_000, (80, 104), available=8 * 2**30)
+
+
+def test_random_agent_runs_without_a_replay(tmp_path):
+    summary = train(small_run_config(tmp_path / "random", agent="random"))
+    assert summary["updates"] == 0 and summary["agent"] == "random" and summary["replay_gib"] == 0
+    last_train = [r for r in read_metrics(tmp_path / "random") if r["kind"] == "train"][-1]
+    assert last_train["replay_frames"] == 0
+    assert 0 <= summary["success_rate"] <= 1

@@ -219,7 +219,7 @@ class EnvPool:
         self.close()
 
     def __del__(self) -> None:
-        if self._procs:
+        if getattr(self, "_procs", None):
             try:
                 self.close()
             except Exception:  # noqa: BLE001 - interpreter shutdown

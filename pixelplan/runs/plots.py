@@ -93,3 +93,17 @@ def _pad(tile: np.ndarray, colour) -> np.ndarray:
     out[:] = colour
     out[1:-1, 1:-1] = tile
     return out
+
+
+def goal_grid(frames: np.ndarray, path: Path, columns: int = 10, scale: int = 2) -> None:
+    """Frames as an image grid in reading order (``pixelplan goals``), one grey border each."""
+    import imageio.v3 as iio
+    frames = np.asarray(frames)
+    if len(frames) == 0:
+        raise ValueError("goal_grid needs at least one frame")
+    columns = max(1, min(columns, len(frames)))
+    tiles = [_pad(_gray_to_rgb(f), (90, 90, 90)) for f in frames]
+    blank = np.zeros_like(tiles[0])
+    tiles += [blank] * (-len(tiles) % columns)
+    rows = [np.concatenate(tiles[i:i + columns], 1) for i in range(0, len(tiles), columns)]
+    iio.imwrite(path, np.concatenate(rows, 0).repeat(scale, 0).repeat(scale, 1))

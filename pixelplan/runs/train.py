@@ -215,7 +215,8 @@ def train(cfg: Config) -> dict:
         last_eval = {k: v for k, v in last_eval.items() if k not in ("step", "kind", "wall_seconds")}
     summary = {"env": cfg.env, "agent": cfg.agent, "seed": cfg.seed, "preset": cfg.preset,
                "env_steps": state.env_steps, "updates": state.updates, "episodes": state.episodes,
-               "wall_seconds": round(wall(), 2), "eval_trials": _eval_trials(cfg), **last_eval}
+               "wall_seconds": round(wall(), 2), "eval_trials": _eval_trials(cfg),
+               "replay_gib": round(replay.nbytes / 2**30, 3) if replay is not None else 0.0, **last_eval}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
