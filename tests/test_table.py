@@ -268,3 +268,12 @@ def test_cli_table_with_nothing_usable_returns_2(tmp_path, capsys):
 def test_usage_lists_table(capsys):
     assert cli.main([]) == 0
     assert "table" in capsys.readouterr().out
+
+
+def test_the_shipped_table_1b_reference_loads():
+    from pathlib import Path
+
+    from pixelplan.runs.table import load_reference
+    ref = load_reference(Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "glamor_table1b.json")
+    assert len(ref) == 7 and ref["dmc:cartpole-balance"]["glamor"] == 0.97
+    assert ref["dmc:point_mass-easy"] == {"glamor": 0.76, "discern": 0.03, "gcsl": 0.82}

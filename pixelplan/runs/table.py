@@ -142,7 +142,8 @@ def find_runs(run_dirs: Iterable) -> list[Run]:
 
 
 def load_reference(reference) -> dict[str, dict[str, Any]]:
-    """Paper numbers ``{env: {agent: value}}`` from a mapping or a JSON file."""
+    """Paper numbers ``{env: {agent: value}}`` from a mapping or a JSON file; top-level keys
+    starting with ``_`` are comments (``benchmarks/reference/glamor_table1b.json`` names its source)."""
     if reference is None:
         return {}
     if not isinstance(reference, Mapping):
@@ -153,6 +154,8 @@ def load_reference(reference) -> dict[str, dict[str, Any]]:
             raise FileNotFoundError(f"reference file {path} does not exist") from None
         except ValueError as exc:
             raise ValueError(f"reference file {path} is not valid JSON: {exc}") from None
+    if isinstance(reference, Mapping):  # keys starting with "_" are comments (e.g. "_source")
+        reference = {k: v for k, v in reference.items() if not str(k).startswith("_")}
     if not isinstance(reference, Mapping) or not all(isinstance(v, Mapping) for v in reference.values()):
         raise ValueError('the reference must be a JSON object {env: {agent: value}}, '
                          'e.g. {"gridworld": {"glamor": 0.95}}')
