@@ -35,6 +35,9 @@ class ObsSpec:
 
 class Agent(Protocol):
     batch_size: int
+    # Optional, default True: an agent with ``learns = False`` (random) gets no replay and no
+    # updates from the run loop.
+    learns: bool
 
     def act(self, state: np.ndarray, goal: np.ndarray, t: np.ndarray, explore: bool,
             env_steps: int) -> np.ndarray: ...

@@ -166,11 +166,7 @@ class DMCGoalEnv(GoalEnv):
     # ------------------------------------------------------------------ the contract
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        # dm_control draws the initial state from the task's RandomState: re-seed it in place.
-        self._env.task.random.seed(int(self.np_random.integers(2**31 - 1)) if seed is None else seed)
-        time_step = self._env.reset()
-        self._t = 0
-        self._features = self._read_features(time_step.observation)
+        self._reset_physics(int(self.np_random.integers(2**31 - 1)) if seed is None else seed)
         self._frame = self._render()
         return self._frame, {"features": self._features.copy()}
 
@@ -198,10 +194,7 @@ class DMCGoalEnv(GoalEnv):
 
     def random_rollout(self, rng: np.random.Generator, capture_frame: bool = True) -> Goal:
         """As :meth:`GoalEnv.random_rollout`, rendering only the final frame (or none)."""
-        self._env.task.random.seed(int(rng.integers(2**31 - 1)))
-        time_step = self._env.reset()
-        self._t = 0
-        self._features = self._read_features(time_step.observation)
+        self._reset_physics(int(rng.integers(2**31 - 1)))
         for _ in range(int(rng.integers(1, self.max_episode_steps + 1))):
             if self._advance(int(rng.integers(self.action_space.n))):
                 break
@@ -221,6 +214,12 @@ class DMCGoalEnv(GoalEnv):
         return self._env.physics
 
     # ------------------------------------------------------------------ internals
+    def _reset_physics(self, seed: int) -> None:
+        # dm_control draws the initial state from the task's RandomState: re-seed it in place.
+        self._env.task.random.seed(seed)
+        self._t = 0
+        self._features = self._read_features(self._env.reset().observation)
+
     def _advance(self, action) -> bool:
         """Apply one agent action for ``frame_skip`` env steps; True when dm_control ended the episode."""
         if self._features is None:
