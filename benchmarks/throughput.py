@@ -20,6 +20,14 @@
   an ``EnvPool`` with one worker process per core, uniform random actions; each agent step
   renders one 80x104 frame (point_mass: after 4 physics steps). Also with the envs in the
   calling process (``workers=0``). ``--quick`` times two tasks with tiny goal sets.
+* ``atari_env_steps_per_s``: the same for the Atari games, with the full preprocessing
+  (frame skip 4, sticky actions, max over two frames, 104x80 grayscale, life loss ends the
+  episode). In both suites a row whose episode ends is reset at once, with its reset timed.
+* ``glamor_atari_train``: wall-clock of GLAMOR training with the paper preset on atari:pong
+  for ``--glamor-atari-steps`` agent steps (default 100,000; 0 skips it), evaluating and
+  checkpointing every 25,000 as the results runs do, and that time per 100k agent steps.
+  The paper preset learns from step 50,000 on, so the first 100k are half collection only.
+  ``--quick`` runs the debug preset for 300 steps instead (a smoke run, not a figure).
 
 Prints one JSON object on its last line.
 """
@@ -128,11 +136,12 @@ def training_loop_steps_per_s(device: str, steps: int) -> dict:
     return {"train_env_steps_per_s": round(float(np.median(rates)), 1) if rates else None}
 
 
-def dmc_env_steps_per_s(tasks: list[str], vector_steps: int, goal_options: dict) -> dict:
+def env_steps_per_s(suite: str, names: list[str], vector_steps: int, goal_options: dict) -> dict:
+    """Agent steps/s of 8 envs of ``suite:<name>`` (frame stack 4), pooled and in-process."""
     from pixelplan.envs.vector import EnvFactory, EnvPool, default_workers
     out: dict = {}
-    for task in tasks:
-        factory = EnvFactory(f"dmc:{task}", goal_options, frame_stack=4)
+    for name in names:
+        factory = EnvFactory(f"{suite}:{name}", goal_options, frame_stack=4)
         factory()  # builds (or loads) the goal sets before timing
         row = {}
         for label, workers in (("pool", default_workers(8)), ("in_process", 0)):
@@ -142,18 +151,43 @@ def dmc_env_steps_per_s(tasks: list[str], vector_steps: int, goal_options: dict)
                 pool.reset(range(8), range(8))
                 start = time.perf_counter()
                 for _ in range(vector_steps):
-                    pool.step(range(8), rng.integers(0, n_actions, 8))
+                    _, terminated, truncated, _ = pool.step(range(8), rng.integers(0, n_actions, 8))
+                    ended = np.flatnonzero(terminated | truncated)
+                    if len(ended):
+                        pool.reset(ended, rng.integers(2**31, size=len(ended)))
                 row[label] = round(8 * vector_steps / (time.perf_counter() - start), 1)
             row[f"{label}_workers"] = workers
-        out[task] = row
-        print("dmc", task, row, flush=True)
-    return {"dmc_env_steps_per_s": out}
+        out[name] = row
+        print(suite, name, row, flush=True)
+    return {f"{suite}_env_steps_per_s": out}
+
+
+def glamor_atari_train(steps: int, quick: bool) -> dict:
+    from pixelplan import config as config_lib
+    from pixelplan.runs.train import train
+    cfg = config_lib.preset("debug" if quick else "paper", "atari:pong")
+    cfg.steps, cfg.progress = steps, False
+    cfg.replay_capacity = max(steps + 1000, 10_000)  # nothing is overwritten: same as the paper's 1e6
+    if quick:
+        cfg.env_options = dict(n_eval_goals=2, n_train_goals=4, range_rollouts=4)
+    else:
+        cfg.eval_every = cfg.checkpoint_every = 25_000
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.out = tmp
+        summary = train(cfg)
+    wall = summary["wall_seconds"]
+    return {"glamor_atari_train": {"env": cfg.env, "preset": cfg.preset, "steps": summary["env_steps"],
+                                   "updates": summary["updates"], "wall_seconds": wall,
+                                   "wall_seconds_per_100k": round(wall * 100_000 / summary["env_steps"], 1),
+                                   "success_rate": summary.get("success_rate")}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small budgets, for smoke runs")
     parser.add_argument("--device", nargs="+", default=None, help="devices (default: cpu, and cuda if present)")
+    parser.add_argument("--glamor-atari-steps", type=int, default=None,
+                        help="agent steps of the GLAMOR-on-pong wall-clock run (default 100000, --quick 300; 0 skips)")
     args = parser.parse_args()
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     repeats = 5 if args.quick else 30
@@ -170,12 +204,19 @@ def main() -> None:
         if device == "cuda":
             r["gpu"] = torch.cuda.get_device_name()
         results[device] = r
+    from pixelplan.envs.atari import PAPER_GAMES
+    from pixelplan.envs.dmc import PAPER_TASKS
     if args.quick:
-        results.update(dmc_env_steps_per_s(["point_mass-easy", "cartpole-balance"], 10,
-                                           dict(n_eval_goals=2, n_train_goals=2, range_rollouts=4)))
+        tiny = dict(n_eval_goals=2, n_train_goals=2, range_rollouts=4)
+        results.update(env_steps_per_s("dmc", ["point_mass-easy", "cartpole-balance"], 10, tiny))
+        results.update(env_steps_per_s("atari", ["pong", "seaquest"], 20, tiny))
     else:
-        from pixelplan.envs.dmc import PAPER_TASKS
-        results.update(dmc_env_steps_per_s(list(PAPER_TASKS), 100, {}))
+        results.update(env_steps_per_s("dmc", list(PAPER_TASKS), 100, {}))
+        results.update(env_steps_per_s("atari", list(PAPER_GAMES), 200, {}))
+    steps = args.glamor_atari_steps if args.glamor_atari_steps is not None else (300 if args.quick else 100_000)
+    if steps > 0:
+        results.update(glamor_atari_train(steps, args.quick))
+        print("glamor_atari_train", results["glamor_atari_train"], flush=True)
     print(json.dumps(results))
 
 

@@ -50,3 +50,8 @@ def test_throughput_quick(tmp_path):
     dmc = _last_json(proc.stdout)["dmc_env_steps_per_s"]
     assert set(dmc) == {"point_mass-easy", "cartpole-balance"}
     assert all(row["pool"] > 0 and row["in_process"] > 0 and row["in_process_workers"] == 0 for row in dmc.values())
+    atari = _last_json(proc.stdout)["atari_env_steps_per_s"]
+    assert set(atari) == {"pong", "seaquest"}
+    assert all(row["pool"] > 0 and row["in_process"] > 0 for row in atari.values())
+    train_run = _last_json(proc.stdout)["glamor_atari_train"]
+    assert train_run["steps"] >= 300 and train_run["updates"] > 0 and train_run["wall_seconds_per_100k"] > 0

@@ -105,8 +105,8 @@ def test_goal_sets_are_deterministic_and_cached(tmp_path, monkeypatch):
     assert c.goal_spec != a.goal_spec, "another goal seed gives other goals"
 
     # the second make loads the file instead of rebuilding
-    import pixelplan.envs.dmc as dmc_module
-    monkeypatch.setattr(dmc_module, "build_goal_sets", lambda *a, **k: pytest.fail("rebuilt a cached set"))
+    import pixelplan.envs.goals as goals_module
+    monkeypatch.setattr(goals_module, "build_goal_sets", lambda *a, **k: pytest.fail("rebuilt a cached set"))
     again = envs.make("dmc:point_mass-easy", cache_dir=str(tmp_path / "a"), **SMALL)
     assert again.goal_cache_path == a.goal_cache_path and again.goal_spec == a.goal_spec
 

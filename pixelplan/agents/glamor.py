@@ -31,6 +31,9 @@ they are silent (also in docs/glamor.md):
 * While epsilon is 1 the planner's output would be discarded, so no plan is computed.
 * The grid world uses its own preset (config.py, docs/glamor.md), with a small conv
   encoder for its 27x27 frames instead of the IMPALA net.
+* K defaults to the env's T (``max_k=None``): 100 on DM Control and 50 on Atari, the
+  paper's values. On Atari a lost life ends the episode: in collection the replay episode
+  is shorter and gaps are clipped to it; in evaluation the goal is judged on that state.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@
 Names are plain (``"gridworld"``) or use a ``"prefix:rest"`` form
 (``"dmc:cartpole-balance"``): ``register("dmc:", factory)`` registers a
 prefix handler called as ``factory(rest, **kwargs)``. Built in: ``gridworld``,
-``gridworld-fourrooms`` and ``dmc:<domain>-<task>`` (any dm_control suite task;
-see :mod:`pixelplan.envs.dmc`).
+``gridworld-fourrooms``, ``dmc:<domain>-<task>`` (any dm_control suite task;
+see :mod:`pixelplan.envs.dmc`) and ``atari:<game>`` (the GLAMOR paper's 14 games; see
+:mod:`pixelplan.envs.atari`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import inspect
 from typing import Any, Callable
 
 from .core import Goal, GoalEnv, GoalSpec, GymGoalEnv, check_goal_frame
+from .atari import AtariGoalEnv, make_atari
 from .dmc import DMCGoalEnv, make_dmc
 from .goals import GoalSets, build_goal_sets, cached_goal_sets, diverse_goals, load_goals, save_goals
 from .gridworld import GridWorld
@@ -32,6 +34,7 @@ __all__ = [
     "check_goal_frame",
     "GridWorld",
     "DMCGoalEnv",
+    "AtariGoalEnv",
     "GoalSets",
     "build_goal_sets",
     "cached_goal_sets",
@@ -128,4 +131,5 @@ def _gridworld_fourrooms(
 
 register("gridworld", GridWorld)
 register("dmc:", make_dmc)
+register("atari:", make_atari)
 register("gridworld-fourrooms", _gridworld_fourrooms)

@@ -36,8 +36,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from .core import Goal, GoalEnv, GoalSpec, _to_gray
-from .goals import build_goal_sets, cached_goal_sets
+from .core import Goal, GoalEnv, _to_gray
+from .goals import FixedGoalSets
 
 __all__ = ["DMCGoalEnv", "PAPER_TASKS", "FEATURES", "make_dmc"]
 
@@ -91,7 +91,7 @@ def _discrete_actions(minimum: np.ndarray, maximum: np.ndarray, one_axis: bool) 
     return centre + unit * half
 
 
-class DMCGoalEnv(GoalEnv):
+class DMCGoalEnv(FixedGoalSets, GoalEnv):
     """One dm_control suite task as a :class:`GoalEnv` (see the module docstring).
 
     Options: ``height``, ``width``, ``grayscale``, ``camera_id``; ``frame_skip`` (None = the
@@ -151,17 +151,11 @@ class DMCGoalEnv(GoalEnv):
         self._t = 0
         self._frame: np.ndarray | None = None
         self._features: np.ndarray | None = None
-        # A provisional spec lets the goal-set builder step the env; the real ranges replace it.
-        self.goal_spec = GoalSpec.from_ranges(self.feature_names, np.zeros(len(self.feature_names)),
-                                              np.ones(len(self.feature_names)))
         key = {"env": self.name, "height": self.height, "width": self.width, "grayscale": self.grayscale,
                "camera_id": self.camera_id, "frame_skip": self.frame_skip, "T": self.max_episode_steps,
-               "seed": int(goal_seed), "n_eval": int(n_eval_goals), "n_train": int(n_train_goals),
-               "range_rollouts": int(range_rollouts), "versions": _versions()}
-        self.goal_sets, self.goal_cache_path = cached_goal_sets(
-            key, lambda: build_goal_sets(self, self.feature_names, int(goal_seed), int(n_eval_goals),
-                                         int(n_train_goals), int(range_rollouts)), cache_dir)
-        self.goal_spec = self.goal_sets.spec
+               "versions": _versions()}
+        self._load_goal_sets(key, self.feature_names, goal_seed, n_eval_goals, n_train_goals, range_rollouts,
+                             cache_dir)
 
     # ------------------------------------------------------------------ the contract
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -180,17 +174,6 @@ class DMCGoalEnv(GoalEnv):
         if self._frame is None:
             raise RuntimeError("call reset() before current_goal()")
         return Goal(self._frame, self._features)
-
-    def evaluation_goals(self) -> list[Goal]:
-        """The task's fixed evaluation goals (30 by default), the same for every run."""
-        return list(self.goal_sets.evaluation)
-
-    def training_goals(self, n: int, rng: np.random.Generator | int | None = None) -> list[Goal]:
-        """The first ``n`` cached training goals (``rng`` unused: the set is fixed per task)."""
-        if not 0 <= n <= len(self.goal_sets.training):
-            raise ValueError(f"{self.name} has {len(self.goal_sets.training)} cached training goals, asked for {n}; "
-                             f"build more with the env option n_train_goals")
-        return list(self.goal_sets.training[:n])
 
     def random_rollout(self, rng: np.random.Generator, capture_frame: bool = True) -> Goal:
         """As :meth:`GoalEnv.random_rollout`, rendering only the final frame (or none)."""

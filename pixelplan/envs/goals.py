@@ -14,7 +14,7 @@ import numpy as np
 from .core import Goal, GoalSpec, as_rng
 
 __all__ = ["diverse_goals", "save_goals", "load_goals", "GoalSets", "estimate_ranges", "build_goal_sets",
-           "cached_goal_sets", "default_cache_dir"]
+           "cached_goal_sets", "default_cache_dir", "FixedGoalSets"]
 
 
 def _nearest_excluding(points: np.ndarray, x: np.ndarray, skip: int) -> float:
@@ -221,3 +221,39 @@ def _load_sets(path: Path) -> tuple[GoalSets, dict]:
         evaluation = [Goal(f, x) for f, x in zip(data["eval_frames"], data["eval_features"])]
         training = [Goal(f, x) for f, x in zip(data["train_frames"], data["train_features"])]
     return GoalSets(spec, evaluation, training, meta), key
+
+
+class FixedGoalSets:
+    """Mixin for suite envs (DM Control, Atari) whose goals are fixed, cached goal sets.
+
+    The env calls :meth:`_load_goal_sets` at the end of ``__init__``, once it can step;
+    :meth:`evaluation_goals` and :meth:`training_goals` then serve the cached sets, so
+    every run and every agent on the env sees the same goals.
+    """
+
+    name: str
+    goal_sets: GoalSets
+    goal_cache_path: Path
+
+    def _load_goal_sets(self, key: dict, feature_names: Sequence[str], seed: int, n_evaluation: int,
+                        n_training: int, range_rollouts: int, cache_dir: str | os.PathLike | None) -> None:
+        # A provisional spec lets the builder step the env; the estimated ranges replace it.
+        self.goal_spec = GoalSpec.from_ranges(feature_names, np.zeros(len(feature_names)),
+                                              np.ones(len(feature_names)))
+        key = {**key, "seed": int(seed), "n_eval": int(n_evaluation), "n_train": int(n_training),
+               "range_rollouts": int(range_rollouts)}
+        self.goal_sets, self.goal_cache_path = cached_goal_sets(
+            key, lambda: build_goal_sets(self, feature_names, int(seed), int(n_evaluation), int(n_training),
+                                         int(range_rollouts)), cache_dir)
+        self.goal_spec = self.goal_sets.spec
+
+    def evaluation_goals(self) -> list[Goal]:
+        """The env's fixed evaluation goals (30 by default), the same for every run."""
+        return list(self.goal_sets.evaluation)
+
+    def training_goals(self, n: int, rng: np.random.Generator | int | None = None) -> list[Goal]:
+        """The first ``n`` cached training goals (``rng`` unused: the set is fixed per env)."""
+        if not 0 <= n <= len(self.goal_sets.training):
+            raise ValueError(f"{self.name} has {len(self.goal_sets.training)} cached training goals, asked for {n}; "
+                             f"build more with the env option n_train_goals")
+        return list(self.goal_sets.training[:n])
