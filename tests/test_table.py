@@ -277,3 +277,13 @@ def test_the_shipped_table_1b_reference_loads():
     ref = load_reference(Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "glamor_table1b.json")
     assert len(ref) == 7 and ref["dmc:cartpole-balance"]["glamor"] == 0.97
     assert ref["dmc:point_mass-easy"] == {"glamor": 0.76, "discern": 0.03, "gcsl": 0.82}
+
+
+def test_the_shipped_table_1a_reference_names_every_paper_game():
+    from pathlib import Path
+
+    from pixelplan.envs.atari import PAPER_GAMES
+    from pixelplan.runs.table import load_reference
+    ref = load_reference(Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "glamor_table1a.json")
+    assert set(ref) == {f"atari:{g}" for g in PAPER_GAMES}   # keys are env names that runs record
+    assert ref["atari:pong"]["glamor"] == 0.44 and ref["atari:qbert"] == {"glamor": 0.83, "discern": 0.26, "gcsl": 0.56}
