@@ -109,6 +109,7 @@ class AtariGoalEnv(FixedGoalSets, GoalEnv):
             raise ValueError(f"sticky_prob must be in [0, 1), got {sticky_prob}")
         if int(noop_max) < 0:
             raise ValueError(f"noop_max must be >= 0, got {noop_max}")
+        import ale_py
         import cv2  # noqa: F401  (fail here, with the import error, rather than at the first frame)
         from ale_py import roms
 
@@ -142,7 +143,6 @@ class AtariGoalEnv(FixedGoalSets, GoalEnv):
         self._ended = True
         self._frame: np.ndarray | None = None
         self._features: np.ndarray | None = None
-        import ale_py
         key = {"env": self.name, "height": self.height, "width": self.width, "frame_skip": self.frame_skip,
                "sticky_prob": self.sticky_prob, "noop_max": self.noop_max,
                "end_on_life_loss": self.end_on_life_loss, "T": self.max_episode_steps,

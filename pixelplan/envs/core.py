@@ -271,6 +271,8 @@ class GoalEnv(gym.Env):
 
     goal_spec: GoalSpec
     max_episode_steps: int
+    #: how many training goals a run draws its collection goals from (GLAMOR: 1000)
+    n_training_goals: int = 1000
 
     @property
     def frame_shape(self) -> tuple[int, ...]:

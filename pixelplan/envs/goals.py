@@ -247,6 +247,11 @@ class FixedGoalSets:
                                          int(range_rollouts)), cache_dir)
         self.goal_spec = self.goal_sets.spec
 
+    @property
+    def n_training_goals(self) -> int:
+        """All of the cached training goals (``n_train_goals``, 1000 by default)."""
+        return len(self.goal_sets.training)
+
     def evaluation_goals(self) -> list[Goal]:
         """The env's fixed evaluation goals (30 by default), the same for every run."""
         return list(self.goal_sets.evaluation)

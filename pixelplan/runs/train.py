@@ -37,7 +37,6 @@ from pixelplan.runs.logging import MetricsLog, read_metrics
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
-TRAINING_GOALS = 1000
 EVAL_BATCH = 64  # evaluation episodes run side by side
 
 
@@ -140,10 +139,8 @@ def train(cfg: Config) -> dict:
                              f"({spec.max_episode_steps + 1} frames)")
         check_replay_fits(cfg.replay_capacity, spec.frame_shape)
         replay = ReplayBuffer(cfg.replay_capacity, spec.frame_shape, spec.frame_stack)
-    # Suites with fixed goal sets (DM Control, Atari) train on all of theirs (1000 by default).
-    fixed = getattr(probe.unwrapped, "goal_sets", None)
-    n_goals = len(fixed.training) if fixed is not None else TRAINING_GOALS
-    goal_pool = probe.unwrapped.training_goals(n_goals, np.random.default_rng([cfg.seed, 1]))
+    env = probe.unwrapped
+    goal_pool = env.training_goals(env.n_training_goals, np.random.default_rng([cfg.seed, 1]))
     goal_frames = np.stack([g.frame for g in goal_pool])
     eval_goals = probe.unwrapped.evaluation_goals()
     rng = np.random.default_rng([cfg.seed, 2])
