@@ -4,6 +4,8 @@
                     [--steps N] [--seed S] [--out DIR] [--glamor.trials 100] ...
     pixelplan eval --run DIR [--trials N] [--episodes N]
     pixelplan table RUN_DIR... [--out DIR] [--reference FILE.json]
+    pixelplan sweep --agents A... --envs E... --seeds S... --out DIR [--parallel N]
+                    [--label-suffix NAME] [-- TRAIN FLAGS...]
     pixelplan goals --env NAME [--set evaluation|training] [--n N] --out goals.png
 
 ``train`` first picks the preset (``--preset``, default auto: by env), then applies every
@@ -19,11 +21,12 @@ import json
 import sys
 from pathlib import Path
 
-USAGE = """usage: pixelplan {train,eval,table,goals} ...
+USAGE = """usage: pixelplan {train,eval,table,sweep,goals} ...
 
   train   train an agent (default: GLAMOR on the grid world); re-run to resume
   eval    evaluate a saved run
   table   results table (env x agent, mean (std) over seeds) and learning curves of runs
+  sweep   train agents x envs x seeds (in parallel processes if asked), then the table
 
   goals   draw an env's evaluation (or training) goals as an image grid
 
@@ -45,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             return _table(rest)
         if command == "goals":
             return _goals(rest)
+        if command == "sweep":
+            return _sweep(rest)
     except (ValueError, FileNotFoundError) as exc:
         print(f"pixelplan {command}: error: {exc}", file=sys.stderr)
         return 2
@@ -138,8 +143,6 @@ def _eval(args: list[str]) -> int:
 
 
 def _table(args: list[str]) -> int:
-    import warnings
-
     parser = argparse.ArgumentParser(
         prog="pixelplan table",
         description="Results table (one row per env, one column per agent: final eval success rate, "
@@ -151,6 +154,49 @@ def _table(args: list[str]) -> int:
     parser.add_argument("--reference", default=None, metavar="FILE.json",
                         help='paper numbers {env: {agent: value}}, shown as columns "paper (<agent>)"')
     opts = parser.parse_args(args)
+    _print_table(opts.run_dirs, opts.out, opts.reference)
+    return 0
+
+
+def _sweep(args: list[str]) -> int:
+    extra: list[str] = []
+    if "--" in args:
+        cut = args.index("--")
+        args, extra = args[:cut], args[cut + 1:]
+    parser = argparse.ArgumentParser(
+        prog="pixelplan sweep",
+        description="Train agents x envs x seeds with pixelplan train (one process per run, re-run to "
+                    "resume), then write the results table and learning curves. Flags after -- go to "
+                    "every run, e.g. -- --steps 30000 --glamor.collect random.")
+    parser.add_argument("--agents", nargs="+", default=["glamor", "gcsl", "discern", "random"])
+    parser.add_argument("--envs", nargs="+", default=["gridworld"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--out", default="runs/sweep", help="directory of the run directories and the table")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument("--label-suffix", default=None,
+                        help="name an ablation: runs are labelled <agent>-<suffix> in the table")
+    parser.add_argument("--reference", default=None, metavar="FILE.json", help="paper numbers, as for table")
+    opts = parser.parse_args(args)
+    if opts.parallel < 1:
+        raise ValueError(f"--parallel must be >= 1, got {opts.parallel}")
+    if any(flag in extra for flag in ("--agent", "--env", "--seed", "--out", "--label")):
+        raise ValueError("give agents, envs, seeds, out and labels with the sweep's own flags, not after --")
+
+    from pixelplan.runs.sweep import plan_jobs, run_sweep
+
+    jobs = plan_jobs(opts.agents, opts.envs, opts.seeds, opts.out, opts.label_suffix)
+    print(f"[sweep] {len(jobs)} runs, {opts.parallel} at a time, into {opts.out}", file=sys.stderr)
+    failed = run_sweep(jobs, extra, opts.parallel, log=lambda m: print(m, file=sys.stderr, flush=True))
+    _print_table([job.out for job in jobs], Path(opts.out) / "table", opts.reference)
+    if failed:
+        print(f"pixelplan sweep: {len(failed)} run(s) failed: {', '.join(j.out.name for j in failed)}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_table(run_dirs, out, reference) -> None:
+    import warnings
 
     from pixelplan.runs.table import TableWarning, make_table
 
@@ -158,7 +204,7 @@ def _table(args: list[str]) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", TableWarning)
-            result = make_table(opts.run_dirs, opts.out, reference=opts.reference)
+            result = make_table(run_dirs, out, reference=reference)
     finally:
         for w in caught:
             if issubclass(w.category, TableWarning):
@@ -166,10 +212,9 @@ def _table(args: list[str]) -> int:
             else:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(result["markdown"], end="")
-    out = Path(opts.out)
+    out = Path(out)
     print(f"pixelplan table: wrote {out / 'table.md'}, {out / 'table.json'} and "
           f"{len(result['curves'])} curve PNG(s) in {out}", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

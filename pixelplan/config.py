@@ -6,6 +6,14 @@ line (``pixelplan train --glamor.lr 1e-3``); the resolved config is saved to the
 directory as ``config.json``.
 
 Defaults of ``GlamorConfig`` are the GLAMOR paper's Figure 5 values (the big suites).
+
+Shared hyperparameters: the GLAMOR paper fixes the encoder and training hyperparameters
+between GLAMOR and GCSL (and uses the same encoder for DISCERN), so that a comparison
+changes one thing, the algorithm. Here that is structural: the baselines read the shared
+values (``encoder``, ``state_size``, ``mix_hidden``, ``lr``, ``weight_decay``,
+``grad_clip``, ``batch_size``, ``max_k``, the epsilon schedule and ``collect``) from the
+``glamor`` section, and their own sections (``gcsl``, ``discern``) hold only what is theirs.
+So ``--glamor.lr 1e-3`` changes the learning rate of whichever agent is trained.
 Presets:
 
 * ``paper``: Figure 5 as is, for DM Control and Atari.
@@ -83,6 +91,40 @@ class GlamorConfig:
 
 
 @dataclass
+class GcslConfig:
+    """What GCSL has that GLAMOR has not; the rest is shared (see the module doc)."""
+
+    eval_action: Literal["sample", "greedy"] = "sample"
+    """how to act at evaluation: sample from the policy (the GLAMOR paper's description of
+    GCSL, A.1) or take its most likely action"""
+
+
+@dataclass
+class DiscernConfig:
+    """What DISCERN has that GLAMOR has not; the rest is shared (see the module doc)."""
+
+    embed_size: int = 32
+    """size of the discriminator's L2-normalised goal embedding"""
+    decoys: int = 31
+    """decoy goals per discriminator example, drawn from the goal buffer"""
+    beta: float = 10.0
+    """inverse temperature of the discriminator's softmax over goal + decoys"""
+    goal_buffer_size: int = 1024
+    """frames kept in the goal buffer (achieved final states, diversity-replaced)"""
+    goal_source: Literal["buffer", "env"] = "buffer"
+    """training-episode goals: from DISCERN's own goal buffer, or the env's training goals"""
+    relabel_prob: float = 0.5
+    """probability that a Q-learning sample keeps its hindsight goal (the frame it reached)
+    rather than a goal drawn from the goal buffer"""
+    discount: float = 0.99
+    """per-step discount of the Q-learning target"""
+    target_update: int = 250
+    """updates between copies of the online Q-network into the target network"""
+    pairs_capacity: int = 4096
+    """(achieved final frame, pursued goal) pairs kept to train the discriminator"""
+
+
+@dataclass
 class Config:
     """A training run."""
 
@@ -91,7 +133,10 @@ class Config:
     env_options: dict[str, str] = field(default_factory=dict)
     """keyword arguments for the env, e.g. --env-options size 9 start random"""
     agent: str = "glamor"
-    """which agent to train"""
+    """which agent to train: glamor, gcsl, discern or random"""
+    label: str | None = None
+    """this run's name in results tables, e.g. glamor-randomcollect for an ablation;
+    None = the agent's name"""
     preset: str = "auto"
     """the preset these defaults came from (informational; choose it with --preset)"""
     steps: int = 500_000
@@ -132,6 +177,8 @@ class Config:
     """show a progress bar"""
 
     glamor: GlamorConfig = field(default_factory=GlamorConfig)
+    gcsl: GcslConfig = field(default_factory=GcslConfig)
+    discern: DiscernConfig = field(default_factory=DiscernConfig)
 
 
 def preset(name: str, env: str = "gridworld") -> Config:
@@ -155,6 +202,8 @@ def preset(name: str, env: str = "gridworld") -> Config:
             checkpoint_every=300, log_every=100, eval_episodes=8, replay_capacity=2_000,
             glamor=dataclasses.replace(cfg.glamor, state_size=32, mix_hidden=32, lstm_hidden=16,
                                        batch_size=16, trials=8, eps_steps=500),
+            discern=DiscernConfig(embed_size=8, decoys=7, goal_buffer_size=64, target_update=20,
+                                  pairs_capacity=256),
         )
     raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
 
@@ -163,10 +212,14 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+_SECTIONS = {"glamor": GlamorConfig, "gcsl": GcslConfig, "discern": DiscernConfig}
+
+
 def from_dict(data: dict[str, Any]) -> Config:
+    """A Config from ``to_dict`` output; sections a older run did not save get their defaults."""
     data = dict(data)
-    glamor = GlamorConfig(**data.pop("glamor", {}))
-    return Config(**data, glamor=glamor)
+    sections = {name: cls(**data.pop(name, {})) for name, cls in _SECTIONS.items()}
+    return Config(**data, **sections)
 
 
 def save(cfg: Config, path) -> None:
@@ -182,7 +235,7 @@ def load(path) -> Config:
 # Fields that may differ between a checkpoint's config and the config that resumes it:
 # they change the budget or the bookkeeping, not what is learned so far.
 RESUMABLE_FIELDS = {"steps", "out", "device", "threads", "env_workers", "eval_every", "eval_episodes",
-                    "checkpoint_every", "log_every", "progress"}
+                    "checkpoint_every", "log_every", "progress", "label"}
 
 
 def incompatible_fields(saved: Config, new: Config) -> list[str]:
@@ -228,3 +281,12 @@ def validate(cfg: Config) -> None:
     need(g.max_k is None or g.max_k >= 1, f"glamor.max_k must be >= 1 or None, got {g.max_k}")
     need(g.clip_logp is None or g.clip_logp <= 0,
          f"glamor.clip_logp is a log-probability floor and must be <= 0, got {g.clip_logp}")
+    d = cfg.discern
+    need(d.embed_size >= 1, f"discern.embed_size must be >= 1, got {d.embed_size}")
+    need(d.decoys >= 1, f"discern.decoys must be >= 1, got {d.decoys}")
+    need(d.beta > 0, f"discern.beta must be > 0, got {d.beta}")
+    need(d.goal_buffer_size >= 2, f"discern.goal_buffer_size must be >= 2, got {d.goal_buffer_size}")
+    need(0 <= d.relabel_prob <= 1, f"discern.relabel_prob must be in [0, 1], got {d.relabel_prob}")
+    need(0 < d.discount <= 1, f"discern.discount must be in (0, 1], got {d.discount}")
+    need(d.target_update >= 1, f"discern.target_update must be >= 1, got {d.target_update}")
+    need(d.pairs_capacity >= 1, f"discern.pairs_capacity must be >= 1, got {d.pairs_capacity}")

@@ -12,12 +12,22 @@ def _glamor(cfg, spec, device, seed):
     return GlamorAgent(cfg, spec, device, seed)
 
 
+def _gcsl(cfg, spec, device, seed):
+    from pixelplan.agents.gcsl import GcslAgent
+    return GcslAgent(cfg, spec, device, seed)
+
+
+def _discern(cfg, spec, device, seed):
+    from pixelplan.agents.discern import DiscernAgent
+    return DiscernAgent(cfg, spec, device, seed)
+
+
 def _random(cfg, spec, device, seed):
     from pixelplan.agents.random import RandomAgent
     return RandomAgent(cfg, spec, device, seed)
 
 
-AGENTS = {"glamor": _glamor, "random": _random}
+AGENTS = {"glamor": _glamor, "gcsl": _gcsl, "discern": _discern, "random": _random}
 
 
 def make_agent(name: str, cfg, spec: ObsSpec, device, seed: int) -> Agent:

@@ -57,6 +57,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def linear_epsilon(cfg, env_steps: int) -> float:
+    """Collection epsilon at ``env_steps``: linear from ``cfg.eps_start`` to ``cfg.eps_final``
+    over ``cfg.eps_steps`` env steps, then constant (GLAMOR's schedule, shared by the baselines)."""
+    frac = 1.0 if cfg.eps_steps == 0 else min(1.0, env_steps / cfg.eps_steps)
+    return cfg.eps_start + frac * (cfg.eps_final - cfg.eps_start)
+
+
 def frames_to_channels(frames: torch.Tensor, n_frame_dims: int) -> torch.Tensor:
     """(B, [stack,] H, W[, C]) -> (B, channels, H, W), channels = stack x C."""
     if n_frame_dims == 3:  # colour frames: move C next to the stack axis

@@ -18,6 +18,10 @@ from ``eps_start`` to ``eps_final`` over ``eps_steps`` env steps, counted from s
 Evaluation is MPC: replan every step with at most T - t actions, and end the episode
 when the best plan is "END now" (``termination="early"``).
 
+Ablations (one config switch each; commands in docs/baselines.md): ``collect="random"``
+(A.4.1), ``use_prior=False`` (figure 6), ``eval_trials`` (A.4.2), ``proposal="sparse"``
+(4.7.3) and ``termination="plan_end"`` (4.7.2).
+
 Where this implementation departs from the paper or the authors' release, or chooses where
 they are silent (also in docs/glamor.md):
 
@@ -47,7 +51,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.optim import swa_utils
 
-from pixelplan.agents.base import TERMINATE, ObsSpec, check_batch, frames_to_channels
+from pixelplan.agents.base import TERMINATE, ObsSpec, check_batch, frames_to_channels, linear_epsilon
 from pixelplan.config import Config, GlamorConfig
 from pixelplan.data.replay import PAD, HindsightBatch
 from pixelplan.nets.action_model import ActionSequenceModel, TokenStepper
@@ -128,9 +132,7 @@ class GlamorAgent:
         return np.where(first < 0, self.rng.integers(self.spec.n_actions, size=len(t)), first)
 
     def epsilon(self, env_steps: int) -> float:
-        c = self.cfg
-        frac = 1.0 if c.eps_steps == 0 else min(1.0, env_steps / c.eps_steps)
-        return c.eps_start + frac * (c.eps_final - c.eps_start)
+        return linear_epsilon(self.cfg, env_steps)
 
     def _collect(self, state, goal, t, env_steps) -> np.ndarray:
         n = len(t)

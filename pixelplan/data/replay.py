@@ -34,6 +34,8 @@ class HindsightBatch(NamedTuple):
     actions: int64 (B, max_k), a_1..a_k then ``PAD``.
     k:       int64 (B,), number of steps from start to goal (0 at an episode's final frame).
     start:   int64 (B,), ring slot of the start frame.
+    next_state: uint8 like ``state``, the stack one step after the start (the start's own
+             stack where k = 0), or None unless asked for (``with_next``; one-step TD agents).
     """
 
     state: np.ndarray
@@ -41,6 +43,7 @@ class HindsightBatch(NamedTuple):
     actions: np.ndarray
     k: np.ndarray
     start: np.ndarray
+    next_state: np.ndarray | None = None
 
 
 class ReplayBuffer:
@@ -199,11 +202,13 @@ class ReplayBuffer:
         slots = np.asarray(slots, dtype=np.int64)
         return self._ep_len[slots] - 1 - self._pos[slots]
 
-    def sample(self, batch_size: int, max_k: int, rng: np.random.Generator) -> HindsightBatch:
+    def sample(self, batch_size: int, max_k: int, rng: np.random.Generator,
+               with_next: bool = False) -> HindsightBatch:
         """Sample ``batch_size`` hindsight tuples.
 
         The start slot is uniform over all retained frames; k is uniform in 1..max_k, then
         clipped to the steps left in the episode after the start (so k = 0 at a final frame).
+        ``with_next`` adds ``next_state``; it draws no extra random numbers.
         """
         if self._num_frames == 0:
             raise ValueError("cannot sample from an empty ReplayBuffer")
@@ -215,9 +220,9 @@ class ReplayBuffer:
         starts = (self._oldest_start() + offsets) % self.capacity
         ks = rng.integers(1, max_k + 1, size=batch_size)
         ks = np.minimum(ks, self.steps_left(starts))
-        return self.gather(starts, ks, max_k)
+        return self.gather(starts, ks, max_k, with_next)
 
-    def gather(self, starts: np.ndarray, ks: np.ndarray, max_k: int) -> HindsightBatch:
+    def gather(self, starts: np.ndarray, ks: np.ndarray, max_k: int, with_next: bool = False) -> HindsightBatch:
         """Deterministically build the batch for given start slots and step counts.
 
         Each ``starts[i]`` must be a valid slot and ``0 <= ks[i] <= min(max_k, steps left)``.
@@ -240,14 +245,18 @@ class ReplayBuffer:
             raise ValueError("each k must satisfy 0 <= k <= min(max_k, steps left in its episode)")
 
         ep_start = starts - pos  # may be negative when the episode straddles the wrap point
-        fs = self.frame_stack
-        stack_pos = np.maximum(pos[:, None] + np.arange(-fs + 1, 1, dtype=np.int64), 0)
-        state = self._frames[(ep_start[:, None] + stack_pos) % C]
+        state = self._stacks(ep_start, pos)
         goal = self._frames[(starts + ks) % C]
         steps = np.arange(max_k, dtype=np.int64)
         acts = self._actions[(starts[:, None] + steps) % C]
         acts = np.where(steps < ks[:, None], acts, PAD)
-        return HindsightBatch(state=state, goal=goal, actions=acts, k=ks, start=starts)
+        next_state = self._stacks(ep_start, pos + (left > 0)) if with_next else None
+        return HindsightBatch(state=state, goal=goal, actions=acts, k=ks, start=starts, next_state=next_state)
+
+    def _stacks(self, ep_start: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Frame stacks ending at episode positions ``pos``, the first frame repeated before it."""
+        stack_pos = np.maximum(pos[:, None] + np.arange(-self.frame_stack + 1, 1, dtype=np.int64), 0)
+        return self._frames[(ep_start[:, None] + stack_pos) % self.capacity]
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, copy: bool = True) -> dict[str, np.ndarray | int]:

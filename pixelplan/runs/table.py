@@ -1,7 +1,9 @@
 """``pixelplan table``: a results table and learning curves from a set of run directories.
 
 The table has the layout of the GLAMOR paper's table 1: one row per env, one column per
-agent (glamor, gcsl, discern, then any others alphabetically, random last: the floor).
+agent (glamor, gcsl, discern, then any others alphabetically, random last: the floor). A
+run whose summary has a ``label`` (``pixelplan train --label``, for ablations) gets the
+label's column instead of its agent's.
 A cell is the final evaluation success rate of that env and agent, from each run's
 ``summary.json``, as ``mean (std)`` over seeds (population std, ddof=0, so a single seed
 shows 0.00), with the number of seeds and the env steps the runs trained for. If the runs
@@ -100,7 +102,9 @@ def _load_run(path: Path) -> Run | None:
         _warn(f"{path}: summary.json has no final success_rate (did the run evaluate?); skipped")
         return None
     steps = summary.get("env_steps")
-    return Run(path=path, env=summary["env"], agent=summary["agent"], seed=summary.get("seed"),
+    # An ablation run names its column with its label (e.g. glamor-randomcollect).
+    label = summary.get("label") if isinstance(summary.get("label"), str) and summary.get("label") else None
+    return Run(path=path, env=summary["env"], agent=label or summary["agent"], seed=summary.get("seed"),
                env_steps=int(steps) if _is_number(steps) else None,
                success_rate=float(summary["success_rate"]))
 

@@ -12,7 +12,11 @@ drawn (updates x batch size) at ``replay_ratio`` x the env steps collected since
 ``min_steps_learn``, checked after every vector step.
 
 Nothing in here is specific to one agent: agents are built by name and used through
-``act``, ``update`` and ``state_dict``.
+``act``, ``update`` and ``state_dict``, plus three optional attributes any agent may have:
+``learns = False`` (no replay, no updates), ``needs_next_state = True`` (batches carry the
+stack one step after the start, for one-step TD targets) and ``observe_episodes(final_frames,
+goals)``, called after each round with the last frame of every episode collected and the
+goal the loop gave it (for agents that learn from where their episodes ended).
 """
 
 from __future__ import annotations
@@ -164,10 +168,12 @@ def train(cfg: Config) -> dict:
     try:
         while state.env_steps < cfg.steps:
             steps_before = state.env_steps
-            episodes = _collect_round(cfg, pool, agent, replay, goal_frames, rng, state, train_metrics)
+            episodes, goals = _collect_round(cfg, pool, agent, replay, goal_frames, rng, state, train_metrics)
             if replay is not None:
                 for frames, actions in episodes:
                     replay.add_episode(frames, actions)
+            if hasattr(agent, "observe_episodes"):
+                agent.observe_episodes(np.stack([frames[-1] for frames, _ in episodes]), goals)
             state.episodes += len(episodes)
             if bar is not None:
                 bar.update(state.env_steps - steps_before)
@@ -213,7 +219,8 @@ def train(cfg: Config) -> dict:
     if not last_eval:  # resumed a run that had already finished
         last_eval = next((r for r in reversed(read_metrics(out)) if r["kind"] == "eval"), {})
         last_eval = {k: v for k, v in last_eval.items() if k not in ("step", "kind", "wall_seconds")}
-    summary = {"env": cfg.env, "agent": cfg.agent, "seed": cfg.seed, "preset": cfg.preset,
+    summary = {"env": cfg.env, "agent": cfg.agent, "label": cfg.label or cfg.agent, "seed": cfg.seed,
+               "preset": cfg.preset,
                "env_steps": state.env_steps, "updates": state.updates, "episodes": state.episodes,
                "wall_seconds": round(wall(), 2), "eval_trials": _eval_trials(cfg),
                "replay_gib": round(replay.nbytes / 2**30, 3) if replay is not None else 0.0, **last_eval}
@@ -247,7 +254,7 @@ def _collect_round(cfg, pool: EnvPool, agent, replay, goal_frames, rng, state, t
         state.env_steps += len(live)
         if replay is not None:
             _train_due(cfg, agent, replay, rng, state, train_metrics)
-    return [(np.stack(f), np.array(a, dtype=np.int64)) for f, a in zip(frames, actions_taken)]
+    return [(np.stack(f), np.array(a, dtype=np.int64)) for f, a in zip(frames, actions_taken)], goals
 
 
 def _train_due(cfg, agent, replay, rng, state, train_metrics) -> None:
@@ -256,7 +263,8 @@ def _train_due(cfg, agent, replay, rng, state, train_metrics) -> None:
     learn_steps = max(0, state.env_steps - cfg.min_steps_learn)
     due = int(learn_steps * cfg.replay_ratio // agent.batch_size) - state.updates
     for _ in range(max(0, due)):
-        batch = replay.sample(agent.batch_size, agent.max_k, rng)
+        batch = replay.sample(agent.batch_size, agent.max_k, rng,
+                              with_next=getattr(agent, "needs_next_state", False))
         train_metrics.append(agent.update(batch))
         state.updates += 1
 

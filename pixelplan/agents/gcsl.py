@@ -1,0 +1,131 @@
+"""GCSL: goal-conditioned supervised learning (Ghosh et al. 2020), as the GLAMOR paper runs it.
+
+A policy pi(a | s, g, h) over single actions, given the state stack s, the goal frame g and
+the steps remaining h, trained by maximum likelihood (GLAMOR paper eq. 10) on
+hindsight-relabelled replay: a sample (s_t, a_t, s_{t+k}) teaches "from s_t, to be at
+s_{t+k} in k steps, take a_t". Acting samples an action from the policy.
+
+It is GLAMOR's closest relative (GLAMOR paper A.1): both imitate their own relabelled data,
+but GCSL learns no action prior and no sequence model, and acts reactively (one action per
+step) instead of planning. Everything else is GLAMOR's, so that a comparison changes only
+the algorithm: the same encoders and sizes (``glamor.encoder``, ``state_size``,
+``mix_hidden``), the same optimiser settings, batch size, replay ratio, K (``max_k``), the
+same epsilon-greedy schedule and the same ``collect`` switch (``random`` is the A.4.1 /
+figure 7 ablation). These are read from the ``glamor`` config section (config.py).
+
+Choices where the papers are silent (also in docs/baselines.md):
+
+* Time remaining h is encoded as ``(sin 2 pi h / T, cos 2 pi h / T)`` (GLAMOR paper 4.2),
+  with T the env's episode length. In training h = k, the hindsight gap; acting at step t,
+  h = T - t.
+* Epsilon-greedy collection with GLAMOR's schedule: with probability epsilon a uniform random
+  action replaces the sampled one. The GLAMOR paper fixes hyperparameters between GLAMOR
+  and GCSL; Ghosh et al. explore by sampling alone.
+* At evaluation the policy is sampled too (``gcsl.eval_action = "sample"``), as the GLAMOR
+  paper describes GCSL acting; ``"greedy"`` takes the most likely action instead.
+* A sample that starts on an episode's final frame (k = 0) has no action and is dropped from
+  the loss (the loss is the mean over the remaining samples).
+* GCSL never ends an episode early: evaluation judges the state at T.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pixelplan.agents.base import ObsSpec, check_batch, frames_to_channels, linear_epsilon
+from pixelplan.config import Config
+from pixelplan.data.replay import HindsightBatch
+from pixelplan.nets.goal_policy import GoalTimeNet
+
+
+class GcslAgent:
+    def __init__(self, cfg: Config, spec: ObsSpec, device: torch.device, seed: int):
+        self.shared, self.cfg, self.spec, self.device = cfg.glamor, cfg.gcsl, spec, device
+        self.batch_size = self.shared.batch_size
+        self.max_k = self.shared.max_k or spec.max_episode_steps
+        torch.manual_seed(seed)
+        colours = spec.frame_shape[2] if len(spec.frame_shape) == 3 else 1
+        self.policy = GoalTimeNet(self.shared.encoder, spec.frame_stack * colours, colours,
+                                  tuple(spec.frame_shape[:2]), self.shared.state_size, self.shared.mix_hidden,
+                                  spec.n_actions, spec.max_episode_steps).to(device)
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=self.shared.lr,
+                                           weight_decay=self.shared.weight_decay)
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self.updates = 0
+
+    # ------------------------------------------------------------------ acting
+    def act(self, state: np.ndarray, goal: np.ndarray, t: np.ndarray, explore: bool,
+            env_steps: int) -> np.ndarray:
+        """One action per row: sampled from pi(. | s, g, T - t), epsilon-greedy when exploring."""
+        check_batch("state", state, (self.spec.frame_stack, *self.spec.frame_shape))
+        check_batch("goal", goal, self.spec.frame_shape)
+        t = np.atleast_1d(np.asarray(t))
+        n = len(t)
+        random_actions = self.rng.integers(self.spec.n_actions, size=n)
+        if explore and self.shared.collect == "random":
+            return random_actions
+        remaining = np.maximum(self.spec.max_episode_steps - t, 1)
+        logits = self.logits(state, goal, remaining)
+        if not explore and self.cfg.eval_action == "greedy":
+            return logits.argmax(-1).cpu().numpy()
+        actions = torch.multinomial(F.softmax(logits, -1), 1, generator=self.generator)[:, 0].cpu().numpy()
+        if explore:
+            actions = np.where(self.rng.random(n) < self.epsilon(env_steps), random_actions, actions)
+        return actions
+
+    @torch.no_grad()
+    def logits(self, state: np.ndarray, goal: np.ndarray, remaining: np.ndarray) -> torch.Tensor:
+        self.policy.eval()
+        return self._forward(state, goal, remaining)
+
+    def epsilon(self, env_steps: int) -> float:
+        return linear_epsilon(self.shared, env_steps)
+
+    def _forward(self, state, goal, remaining) -> torch.Tensor:
+        dev, nd = self.device, len(self.spec.frame_shape)
+        state = frames_to_channels(torch.as_tensor(state, device=dev), nd)
+        goal = frames_to_channels(torch.as_tensor(goal, device=dev), nd)
+        return self.policy(state, self.policy.encode_goal(goal), torch.as_tensor(remaining, device=dev))
+
+    # ---------------------------------------------------------------- learning
+    def loss(self, batch: HindsightBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Eq. 10: NLL of the first action of each hindsight sample, given s, g and h = k."""
+        keep = batch.k > 0
+        if not keep.any():  # only final frames: nothing to imitate
+            zero = sum(p.sum() * 0 for p in self.policy.parameters())
+            return zero, {"loss": 0.0, "accuracy": 0.0}
+        logits = self._forward(batch.state[keep], batch.goal[keep], batch.k[keep])
+        target = torch.as_tensor(batch.actions[keep, 0], device=self.device)
+        loss = F.cross_entropy(logits, target)
+        accuracy = (logits.argmax(-1) == target).float().mean()
+        return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+
+    def update(self, batch: HindsightBatch) -> dict[str, float]:
+        self.policy.train()
+        loss, metrics = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.policy.parameters(), self.shared.grad_clip))
+        self.optimizer.step()
+        self.updates += 1
+        return metrics
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": self.rng.bit_generator.state, "generator": self.generator.get_state(),
+                "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.generator.set_state(state["generator"])
+        self.updates = state["updates"]

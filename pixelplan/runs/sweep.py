@@ -1,0 +1,89 @@
+"""``pixelplan sweep``: agents x envs x seeds, one after the other or in parallel processes,
+ending with the results table and learning curves (``runs/table.py``).
+
+Each run is an ordinary ``pixelplan train`` in its own process and run directory,
+``<out>/<env>-<label>-seed<seed>`` (``:`` and ``/`` in the env name become ``-``; the label
+is the agent's name, or ``<agent>-<label_suffix>`` for an ablation). Flags after ``--`` go
+to every run unchanged, so a sweep compares agents on identical envs, goal sets, budgets
+and shared hyperparameters. Re-running the same sweep resumes each unfinished run and
+leaves finished ones as they are (``train`` resumes from a run's checkpoint), then writes
+the table again.
+
+With ``parallel`` > 1, that many runs go at once, each with ``cores // parallel`` torch
+threads so they do not fight over cores. A run that fails does not stop the others; its
+log (``<run dir>.log``) holds the error, and the sweep's exit status says it failed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    env: str
+    agent: str
+    seed: int
+    label: str
+    out: Path
+
+    def command(self, threads: int, extra: list[str]) -> list[str]:
+        return [sys.executable, "-m", "pixelplan", "train", "--env", self.env, "--agent", self.agent,
+                "--seed", str(self.seed), "--label", self.label, "--out", str(self.out),
+                "--threads", str(threads), "--no-progress", *extra]
+
+
+def safe_name(text: str) -> str:
+    for ch in (":", "/", "\\"):
+        text = text.replace(ch, "-")
+    return text
+
+
+def plan_jobs(agents: list[str], envs: list[str], seeds: list[int], out, label_suffix: str | None = None) -> list[SweepJob]:
+    """The runs of a sweep, seed-major (every agent and env gets seed 0 before any seed 1)."""
+    from pixelplan.agents import AGENTS
+
+    for agent in agents:
+        if agent not in AGENTS:
+            raise ValueError(f"unknown agent {agent!r}; known agents: {', '.join(sorted(AGENTS))}")
+    if not agents or not envs or not seeds:
+        raise ValueError("a sweep needs at least one agent, one env and one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    jobs = []
+    for seed in seeds:
+        for env in envs:
+            for agent in agents:
+                label = f"{agent}-{label_suffix}" if label_suffix else agent
+                jobs.append(SweepJob(env, agent, seed, label, Path(out) / f"{safe_name(env)}-{label}-seed{seed}"))
+    return jobs
+
+
+def run_sweep(jobs: list[SweepJob], extra: list[str], parallel: int = 1, log=print) -> list[SweepJob]:
+    """Run every job (``parallel`` at a time); returns the jobs that failed."""
+    if parallel < 1:
+        raise ValueError(f"parallel must be >= 1, got {parallel}")
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    failed: list[SweepJob] = []
+
+    def run(job: SweepJob) -> None:
+        job.out.parent.mkdir(parents=True, exist_ok=True)
+        logfile = job.out.parent / f"{job.out.name}.log"
+        started = time.perf_counter()
+        log(f"[sweep] start {job.out.name}")
+        with open(logfile, "a") as f:
+            code = subprocess.run(job.command(threads, extra), stdout=f, stderr=subprocess.STDOUT).returncode
+        status = "done" if code == 0 else f"FAILED (exit {code}, see {logfile})"
+        log(f"[sweep] {status} {job.out.name} in {time.perf_counter() - started:.0f} s")
+        if code != 0:
+            failed.append(job)
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        list(pool.map(run, jobs))
+    return failed
