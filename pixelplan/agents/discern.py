@@ -8,6 +8,8 @@ The three parts:
   an episode ended, s_T, it must pick the goal g the agent was pursuing out of g and
   ``decoys`` frames from the goal buffer: softmax over ``beta * xi(s_T) . xi(.)``, trained
   by cross entropy. It learns what the agent controls, because only that tells goals apart.
+  One draw of decoys serves the whole batch (ours, for speed: the paper's per-example
+  decoys cost B x decoys frame encodings per update).
 * **Reward** (paper): ``r = max(0, xi(s_T) . xi(g))``, given at the last step only. See
   ``reward``.
 * **Goal buffer** (paper: a buffer of past observations with a diversity-seeking
@@ -173,13 +175,15 @@ class DiscernAgent:
         return discern_reward(self.embed(self._frames(achieved)), self.embed(self._frames(goal)))
 
     def discriminator_loss(self, final: np.ndarray, pursued: np.ndarray, decoys: np.ndarray) -> torch.Tensor:
-        """Cross entropy of picking ``pursued`` (B, ...) among it and ``decoys`` (B, D, ...) given ``final``."""
-        b, d = decoys.shape[:2]
+        """Cross entropy of picking ``pursued[i]`` among it and the ``decoys`` (D, ...) given ``final[i]``.
+
+        The decoys are shared by the batch: B + B + D frames to embed instead of B x (D + 2).
+        """
         e_final = self.embed(self._frames(final))
-        e_goals = self.embed(self._frames(np.concatenate([pursued[:, None], decoys], 1).reshape(
-            b * (d + 1), *self.spec.frame_shape))).view(b, d + 1, -1)
-        logits = self.cfg.beta * torch.einsum("be,bne->bn", e_final, e_goals)
-        return F.cross_entropy(logits, torch.zeros(b, dtype=torch.long, device=self.device))
+        e_pursued = self.embed(self._frames(pursued))
+        e_decoys = self.embed(self._frames(decoys))
+        logits = self.cfg.beta * torch.cat([(e_final * e_pursued).sum(-1, keepdim=True), e_final @ e_decoys.T], 1)
+        return F.cross_entropy(logits, torch.zeros(len(final), dtype=torch.long, device=self.device))
 
     # ---------------------------------------------------------------- learning
     def td_loss(self, batch: HindsightBatch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -226,7 +230,7 @@ class DiscernAgent:
         if self.pair_count and self.goal_count:
             n_pairs = min(self.pair_count, self.cfg.pairs_capacity)
             idx = self.rng.integers(n_pairs, size=self.batch_size)
-            decoys = self.goal_buffer[self.rng.integers(self.goal_count, size=(self.batch_size, self.cfg.decoys))]
+            decoys = self.goal_buffer[self.rng.integers(self.goal_count, size=self.cfg.decoys)]
             self.embed.train()
             disc = self.discriminator_loss(self.pair_final[idx], self.pair_goal[idx], decoys)
             loss = loss + disc
