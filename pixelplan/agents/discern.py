@@ -86,9 +86,9 @@ class DiscernAgent:
         torch.manual_seed(seed)
         colours = spec.frame_shape[2] if len(spec.frame_shape) == 3 else 1
         hw = tuple(spec.frame_shape[:2])
-        self.q = GoalTimeNet(self.shared.encoder, spec.frame_stack * colours, colours, hw,
-                             self.shared.state_size, self.shared.mix_hidden, spec.n_actions,
-                             spec.max_episode_steps).to(device)
+        self.q = GoalTimeNet.for_frames(self.shared.encoder, spec.frame_shape, spec.frame_stack,
+                                        self.shared.state_size, self.shared.mix_hidden, spec.n_actions,
+                                        spec.max_episode_steps).to(device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.embed = GoalEmbedding(self.shared.encoder, colours, hw, self.shared.state_size,
                                    self.cfg.embed_size).to(device)

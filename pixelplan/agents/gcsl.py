@@ -49,10 +49,9 @@ class GcslAgent:
         self.batch_size = self.shared.batch_size
         self.max_k = self.shared.max_k or spec.max_episode_steps
         torch.manual_seed(seed)
-        colours = spec.frame_shape[2] if len(spec.frame_shape) == 3 else 1
-        self.policy = GoalTimeNet(self.shared.encoder, spec.frame_stack * colours, colours,
-                                  tuple(spec.frame_shape[:2]), self.shared.state_size, self.shared.mix_hidden,
-                                  spec.n_actions, spec.max_episode_steps).to(device)
+        self.policy = GoalTimeNet.for_frames(self.shared.encoder, spec.frame_shape, spec.frame_stack,
+                                             self.shared.state_size, self.shared.mix_hidden, spec.n_actions,
+                                             spec.max_episode_steps).to(device)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=self.shared.lr,
                                            weight_decay=self.shared.weight_decay)
         self.rng = np.random.default_rng(seed)

@@ -40,6 +40,14 @@ class GoalTimeNet(nn.Module):
         self.head = nn.Sequential(nn.Linear(2 * state_size + 2, hidden), nn.LayerNorm(hidden), nn.ReLU(),
                                   nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
 
+    @classmethod
+    def for_frames(cls, encoder: str, frame_shape: tuple[int, ...], frame_stack: int, state_size: int,
+                   hidden: int, n_out: int, horizon: int) -> "GoalTimeNet":
+        """Sized for stacks of ``frame_shape`` frames (grayscale H x W or colour H x W x C)."""
+        colours = frame_shape[2] if len(frame_shape) == 3 else 1
+        return cls(encoder, frame_stack * colours, colours, tuple(frame_shape[:2]), state_size, hidden,
+                   n_out, horizon)
+
     def encode_goal(self, goal: torch.Tensor) -> torch.Tensor:
         """Goal features, for callers that reuse one goal over many states."""
         return torch.relu(self.goal_encoder(goal))
