@@ -237,7 +237,9 @@ def _collect_round(cfg, pool: EnvPool, agent, replay, goal_frames, rng, state, t
     goals = goal_frames[rng.integers(len(goal_frames), size=n)]
     seeds = [int(rng.integers(2**31)) for _ in range(n)]
     obs, _ = pool.reset(range(n), seeds)
-    frames = [[o[-1]] for o in obs]
+    # Copies, not views: ``obs`` is overwritten in place below as the rows step, and a view
+    # kept here would turn every episode's first frame into its last (a past bug).
+    frames = [[o[-1].copy()] for o in obs]
     actions_taken: list[list[int]] = [[] for _ in range(n)]
     t = np.zeros(n, dtype=np.int64)
     done = np.zeros(n, dtype=bool)
@@ -247,7 +249,7 @@ def _collect_round(cfg, pool: EnvPool, agent, replay, goal_frames, rng, state, t
         new_obs, terminated, truncated, _ = pool.step(live, actions[live])
         obs[live] = new_obs
         for j, i in enumerate(live):
-            frames[i].append(new_obs[j, -1])
+            frames[i].append(new_obs[j, -1].copy())
             actions_taken[i].append(int(actions[i]))
         t[live] += 1
         done[live] = terminated | truncated
