@@ -55,13 +55,20 @@ class NaiveBuffer:
         acts = e["actions"][p : p + k] + [PAD] * (max_k - k)
         return state, goal, np.array(acts, dtype=np.int64)
 
+    def expected_next(self, slot):
+        """The stack one step after ``slot`` (its own stack at an episode's final frame)."""
+        e, p = self.locate(slot)
+        p = min(p + 1, len(e["frames"]) - 1)
+        return np.stack([e["frames"][max(0, p - self.frame_stack + 1 + j)] for j in range(self.frame_stack)])
+
     def steps_left(self, slot):
         e, p = self.locate(slot)
         return len(e["frames"]) - 1 - p
 
 
 def check_everything(buf: ReplayBuffer, ref: NaiveBuffer):
-    """Valid slots match, and gather() matches the reference for every valid slot and every k."""
+    """Valid slots match, and gather() (with next_state) matches the reference for every valid
+    slot and every k; the retained episodes are the reference's."""
     valid = buf.valid_indices()
     assert valid.tolist() == ref.valid_slots()
     assert buf.num_frames == len(valid)
@@ -72,10 +79,16 @@ def check_everything(buf: ReplayBuffer, ref: NaiveBuffer):
             starts.append(s)
             ks.append(k)
     max_k = max(ks) if ks else 0
-    batch = buf.gather(np.array(starts, dtype=np.int64), np.array(ks, dtype=np.int64), max_k)
+    batch = buf.gather(np.array(starts, dtype=np.int64), np.array(ks, dtype=np.int64), max_k, with_next=True)
     assert batch.state.dtype == np.uint8 and batch.goal.dtype == np.uint8
     assert batch.actions.dtype == np.int64 and batch.k.dtype == np.int64
-    assert batch.state.shape == (len(starts), FS, *buf.frame_shape)
+    assert batch.state.shape == (len(starts), buf.frame_stack, *buf.frame_shape)
+    np.testing.assert_array_equal(batch.next_state, np.stack([ref.expected_next(s) for s in starts]))
+    stored = buf.episodes()
+    assert len(stored) == len(ref.episodes)
+    for (frames, actions), e in zip(stored, ref.episodes):
+        np.testing.assert_array_equal(frames, e["frames"])
+        np.testing.assert_array_equal(actions, e["actions"])
     expected = [ref.expected(s, k, max_k) for s, k in zip(starts, ks)]
     np.testing.assert_array_equal(batch.state, np.stack([e[0] for e in expected]))
     np.testing.assert_array_equal(batch.goal, np.stack([e[1] for e in expected]))
@@ -97,11 +110,12 @@ def episode_plans(draw):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(episode_plans())
-def test_matches_naive_reference(plan):
+@given(episode_plans(), st.integers(1, 5), st.integers(0, 2**32 - 1))
+def test_matches_naive_reference(plan, frame_stack, seed):
     capacity, lengths = plan
-    buf = ReplayBuffer(capacity, FRAME_SHAPE, frame_stack=FS)
-    ref = NaiveBuffer(capacity)
+    buf = ReplayBuffer(capacity, FRAME_SHAPE, frame_stack=frame_stack)
+    ref = NaiveBuffer(capacity, frame_stack)
+    rng = np.random.default_rng(seed)
     total_frames = 0
     for ep, num_actions in enumerate(lengths):
         frames, actions = make_episode(ep, num_actions)
@@ -109,10 +123,38 @@ def test_matches_naive_reference(plan):
         ref.add(frames, actions)
         total_frames += len(frames)
         check_everything(buf, ref)
+        check_sample(buf, ref, int(rng.integers(1, 8)), rng)
+        if rng.random() < 0.3:   # a checkpoint round trip, then carry on with the restored buffer
+            buf = round_trip(buf, copy=bool(rng.integers(2)))
+            check_everything(buf, ref)
     assert buf.total_steps_added == sum(lengths)
     wraps = total_frames / capacity
     note(f"capacity={capacity} wraps={wraps:.2f}")
     target(wraps, label="ring wraps")
+
+
+def check_sample(buf: ReplayBuffer, ref: NaiveBuffer, max_k: int, rng: np.random.Generator) -> None:
+    """sample() draws valid starts and k in 1..max_k clipped to the steps left, and every row
+    (state, goal, actions, next_state) is the reference's for its start and k."""
+    batch = buf.sample(64, max_k, rng, with_next=True)
+    valid = set(ref.valid_slots())
+    for i in range(64):
+        s, k = int(batch.start[i]), int(batch.k[i])
+        assert s in valid
+        left = ref.steps_left(s)
+        assert (k == 0) if left == 0 else 1 <= k <= min(max_k, left)
+        state, goal, acts = ref.expected(s, k, max_k)
+        np.testing.assert_array_equal(batch.state[i], state)
+        np.testing.assert_array_equal(batch.goal[i], goal)
+        np.testing.assert_array_equal(batch.actions[i], acts)
+        np.testing.assert_array_equal(batch.next_state[i], ref.expected_next(s))
+
+
+def round_trip(buf: ReplayBuffer, copy: bool) -> ReplayBuffer:
+    """A new buffer restored from ``buf.state_dict(copy)``, as a checkpoint resume builds it."""
+    other = ReplayBuffer(buf.capacity, buf.frame_shape, frame_stack=buf.frame_stack)
+    other.load_state_dict(buf.state_dict(copy=copy))
+    return other
 
 
 def test_generated_plans_wrap_many_times():

@@ -197,6 +197,15 @@ class ReplayBuffer:
         idx.sort()
         return idx
 
+    def episodes(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every retained episode, oldest first, as ``(frames, actions)`` copies in the form
+        :meth:`add_episode` takes them (for inspection, export and tests)."""
+        out = []
+        for _, start, n in self._episodes:
+            slots = (start + np.arange(n)) % self.capacity
+            out.append((self._frames[slots], self._actions[slots[:-1]]))
+        return out
+
     def steps_left(self, slots: np.ndarray) -> np.ndarray:
         """Number of actions remaining in the episode after each (valid) slot."""
         slots = np.asarray(slots, dtype=np.int64)
