@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
+    _one_line_warnings()
     try:
         if command == "train":
             return _train(rest)
@@ -50,11 +51,35 @@ def main(argv: list[str] | None = None) -> int:
             return _goals(rest)
         if command == "sweep":
             return _sweep(rest)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"pixelplan {command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - only our own run failures get one line; the rest re-raise
+        from pixelplan.runs.rundir import DiskFull
+        from pixelplan.runs.train import RunInterrupted
+        if isinstance(exc, RunInterrupted):
+            print(f"pixelplan {command}: {exc}", file=sys.stderr)
+            return 130
+        if isinstance(exc, DiskFull):
+            print(f"pixelplan {command}: error: {exc.strerror}", file=sys.stderr)
+            return 1
+        raise
     print(f"pixelplan: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
+
+
+def _one_line_warnings() -> None:
+    """Our warnings are for the user: one line each, without the source line they came from."""
+    import warnings
+
+    default = warnings.formatwarning
+
+    def format(message, category, filename, lineno, line=None):
+        if category is UserWarning:
+            return f"pixelplan: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format
 
 
 def _train(args: list[str]) -> int:
@@ -126,10 +151,17 @@ def _eval(args: list[str]) -> int:
     from pixelplan.runs.evaluate import evaluate
     from pixelplan.runs.train import load_agent
 
+    if opts.trials is not None and opts.trials < 1:
+        raise ValueError(f"--trials must be >= 1, got {opts.trials}")
+    if opts.episodes is not None and opts.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {opts.episodes}")
+    if opts.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {opts.seed}")
     cfg, agent, factory, goals = load_agent(opts.run)
     if opts.trials is not None:
-        if opts.trials < 1:
-            raise ValueError(f"--trials must be >= 1, got {opts.trials}")
+        if not hasattr(agent.cfg, "eval_trials"):
+            raise ValueError(f"--trials sets the planner's trials, but {opts.run} is a {cfg.agent} run, which has "
+                             f"no planner; leave --trials out")
         agent.cfg.eval_trials = opts.trials
     result = evaluate(agent, factory, goals, opts.episodes, eval_seed=opts.seed)
     metrics = {"run": str(opts.run), "env": cfg.env, "agent": cfg.agent,

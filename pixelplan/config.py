@@ -173,6 +173,9 @@ class Config:
     """env steps between checkpoints (and at the end)"""
     log_every: int = 5_000
     """env steps between training-metric log lines"""
+    keep_previous_checkpoint: bool = True
+    """keep the checkpoint before last as checkpoint.prev.pt, a fallback should the newest be
+    unreadable (costs a second checkpoint's disk space)"""
     progress: bool = True
     """show a progress bar"""
 
@@ -223,19 +226,31 @@ def from_dict(data: dict[str, Any]) -> Config:
 
 
 def save(cfg: Config, path) -> None:
-    with open(path, "w") as f:
-        json.dump(to_dict(cfg), f, indent=2, sort_keys=True)
+    """Write ``config.json`` atomically (a kill mid-write leaves the old file or the new one)."""
+    from pixelplan.runs.rundir import write_text_atomically
+    write_text_atomically(path, json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n", what="config")
+
+
+class ConfigFileError(ValueError):
+    """A config file that cannot be read as a pixelplan config."""
 
 
 def load(path) -> Config:
-    with open(path) as f:
-        return from_dict(json.load(f))
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return from_dict(data)
+    except json.JSONDecodeError as exc:
+        raise ConfigFileError(f"cannot read config file {path}: {exc} (truncated or not JSON)") from None
+    except (TypeError, AttributeError) as exc:
+        raise ConfigFileError(f"config file {path} is not a pixelplan config: {exc}") from None
 
 
 # Fields that may differ between a checkpoint's config and the config that resumes it:
 # they change the budget or the bookkeeping, not what is learned so far.
 RESUMABLE_FIELDS = {"steps", "out", "device", "threads", "env_workers", "eval_every", "eval_episodes",
-                    "checkpoint_every", "log_every", "progress", "label"}
+                    "checkpoint_every", "log_every", "progress", "label",
+                    "keep_previous_checkpoint"}
 
 
 def incompatible_fields(saved: Config, new: Config) -> list[str]:
@@ -260,6 +275,9 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"bad config value: {msg}")
     g = cfg.glamor
     need(cfg.steps > 0, f"steps must be > 0, got {cfg.steps}")
+    need(cfg.seed >= 0, f"seed must be >= 0 (numpy seeds are non-negative), got {cfg.seed}")
+    need(cfg.threads is None or cfg.threads >= 1,
+         f"threads must be >= 1, or left unset for torch's default, got {cfg.threads}")
     need(cfg.frame_stack >= 1, f"frame_stack must be >= 1, got {cfg.frame_stack}")
     need(cfg.n_envs >= 1, f"n_envs must be >= 1, got {cfg.n_envs}")
     need(cfg.env_workers is None or cfg.env_workers >= 0,

@@ -361,5 +361,5 @@ def check_replay_fits(capacity: int, frame_shape: tuple[int, ...], available: in
         raise ReplayTooLarge(
             f"a replay of {int(capacity):,} frames of shape {tuple(frame_shape)} needs {need / 2**30:.1f} GiB, "
             f"but this machine has {available / 2**30:.1f} GiB available ({reserve / 2**30:.0f} GiB is kept for "
-            f"the rest of the run); use --replay-capacity {fits:,} or less, or a machine with more memory")
+            f"the rest of the run); use --replay-capacity {fits} or less, or a machine with more memory")
     return need

@@ -23,7 +23,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +42,8 @@ from pixelplan.envs.vector import EnvFactory, EnvPool, default_workers
 from pixelplan.runs import plots
 from pixelplan.runs.evaluate import EvalResult, evaluate
 from pixelplan.runs.logging import MetricsLog, read_metrics
+from pixelplan.runs.rundir import (RunLock, previous_path, remove_stale_temporaries, write_atomically,
+                                   write_text_atomically)
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -116,33 +122,38 @@ def prepare(cfg: Config):
 
 
 def train(cfg: Config) -> dict:
-    """Train (or resume) the run ``cfg`` describes; returns its summary."""
+    """Train (or resume) the run ``cfg`` describes; returns its summary.
+
+    Every check runs before anything is written: a refused start (bad config, a run
+    directory holding another run, another process on it) leaves the directory as it was.
+    """
     started = time.perf_counter()
+    config_lib.validate(cfg)
     cfg.out = cfg.out or default_out(cfg)
     out = Path(cfg.out)
+    _check_out_dir(out)
     ckpt_path = out / CHECKPOINT
-    saved_cfg_path = out / "config.json"
-    resuming = ckpt_path.exists()
-    if resuming and saved_cfg_path.exists():
-        diffs = config_lib.incompatible_fields(config_lib.load(saved_cfg_path), cfg)
-        if diffs:
-            raise IncompatibleCheckpoint(
-                f"{out} holds a checkpoint of a run with a different config, so it cannot be resumed:\n  "
-                + "\n  ".join(diffs)
-                + f"\nUse a new --out directory, or delete {out} to start over.")
+    _check_resumable(out, cfg)
     torch.manual_seed(cfg.seed)
     factory, probe, spec, agent, _ = prepare(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    config_lib.save(cfg, saved_cfg_path)
 
     learns = getattr(agent, "learns", True)
-    replay = None
-    if learns:  # agents that do not learn (random) need no replay
-        if spec.max_episode_steps + 1 > cfg.replay_capacity:
-            raise ValueError(f"replay_capacity ({cfg.replay_capacity}) must hold at least one episode "
-                             f"({spec.max_episode_steps + 1} frames)")
+    if learns and spec.max_episode_steps + 1 > cfg.replay_capacity:
+        raise ValueError(f"replay_capacity ({cfg.replay_capacity}) must hold at least one episode "
+                         f"({spec.max_episode_steps + 1} frames): use --replay-capacity "
+                         f"{spec.max_episode_steps + 1} or more")
+    if learns:
         check_replay_fits(cfg.replay_capacity, spec.frame_shape)
-        replay = ReplayBuffer(cfg.replay_capacity, spec.frame_shape, spec.frame_stack)
+    _warn_if_no_learning(cfg, learns)
+
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        remove_stale_temporaries(out)
+        return _train_locked(cfg, out, ckpt_path, started, factory, probe, spec, agent, learns)
+
+
+def _train_locked(cfg, out, ckpt_path, started, factory, probe, spec, agent, learns) -> dict:
+    replay = ReplayBuffer(cfg.replay_capacity, spec.frame_shape, spec.frame_stack) if learns else None
     env = probe.unwrapped
     goal_pool = env.training_goals(env.n_training_goals, np.random.default_rng([cfg.seed, 1]))
     goal_frames = np.stack([g.frame for g in goal_pool])
@@ -150,8 +161,12 @@ def train(cfg: Config) -> dict:
     rng = np.random.default_rng([cfg.seed, 2])
     state = LoopState(next_eval=cfg.eval_every, next_checkpoint=cfg.checkpoint_every,
                       next_log=cfg.log_every)
+    payload = _read_checkpoint(ckpt_path)
+    resuming = payload is not None
     if resuming:
-        state = _load_checkpoint(ckpt_path, cfg, spec, agent, replay, rng)
+        state = _load_checkpoint(payload, ckpt_path, cfg, spec, agent, replay, rng)
+        del payload
+    config_lib.save(cfg, out / "config.json")
     log = MetricsLog(out, resume_step=state.env_steps if resuming else None)
     wall_before = state.wall_seconds
 
@@ -159,63 +174,71 @@ def train(cfg: Config) -> dict:
         return wall_before + time.perf_counter() - started
 
     workers = env_workers(cfg)
-    pool = EnvPool(factory, cfg.n_envs, workers)
-    eval_pool = None  # made at the first evaluation
-    bar = _progress(cfg, state.env_steps)
+    pool = eval_pool = None
+    bar = None
     last_eval: dict = {}
     train_metrics = state.pending_metrics
     steps_at_last_log, time_at_last_log = state.env_steps, time.perf_counter()
     try:
-        while state.env_steps < cfg.steps:
-            steps_before = state.env_steps
-            episodes, goals = _collect_round(cfg, pool, agent, replay, goal_frames, rng, state, train_metrics)
-            if replay is not None:
-                for frames, actions in episodes:
-                    replay.add_episode(frames, actions)
-            if hasattr(agent, "observe_episodes"):
-                agent.observe_episodes(np.stack([frames[-1] for frames, _ in episodes]), goals)
-            state.episodes += len(episodes)
-            if bar is not None:
-                bar.update(state.env_steps - steps_before)
-            if state.env_steps >= state.next_log:
-                now = time.perf_counter()
-                values = _mean(train_metrics)
-                values.update(env_steps_per_s=(state.env_steps - steps_at_last_log) / (now - time_at_last_log),
-                              updates=state.updates, episodes=state.episodes,
-                              replay_frames=replay.num_frames if replay is not None else 0,
-                              wall_seconds=wall())
-                if hasattr(agent, "epsilon"):
-                    values["epsilon"] = agent.epsilon(state.env_steps)
-                log.log(state.env_steps, "train", values)
-                train_metrics.clear()
-                steps_at_last_log, time_at_last_log = state.env_steps, now
-                while state.next_log <= state.env_steps:
-                    state.next_log += cfg.log_every
-            final = state.env_steps >= cfg.steps
-            if state.env_steps >= state.next_eval or final:
-                if eval_pool is None:
-                    eval_pool = EnvPool(factory, min(EVAL_BATCH, cfg.eval_episodes or len(eval_goals)), workers)
-                result = evaluate(agent, factory, eval_goals, cfg.eval_episodes, pool=eval_pool)
-                last_eval = result.metrics()
-                log.log(state.env_steps, "eval", {**last_eval, "wall_seconds": wall()})
+        with StopOnSignal() as stop:
+            pool = EnvPool(factory, cfg.n_envs, workers)
+            bar = _progress(cfg, state.env_steps)
+            while state.env_steps < cfg.steps:
+                steps_before = state.env_steps
+                episodes, goals = _collect_round(cfg, pool, agent, replay, goal_frames, rng, state, train_metrics)
+                if replay is not None:
+                    for frames, actions in episodes:
+                        replay.add_episode(frames, actions)
+                if hasattr(agent, "observe_episodes"):
+                    agent.observe_episodes(np.stack([frames[-1] for frames, _ in episodes]), goals)
+                state.episodes += len(episodes)
                 if bar is not None:
-                    bar.set_postfix(success=f"{last_eval['success_rate']:.2f}", refresh=False)
-                while state.next_eval <= state.env_steps:
-                    state.next_eval += cfg.eval_every
-                if final:
-                    _write_figures(out, cfg, result)
-            if state.env_steps >= state.next_checkpoint or final:
-                while state.next_checkpoint <= state.env_steps:
-                    state.next_checkpoint += cfg.checkpoint_every
-                state.wall_seconds = wall()
-                _save_checkpoint(ckpt_path, cfg, spec, agent, replay, rng, state)
+                    bar.update(state.env_steps - steps_before)
+                if state.env_steps >= state.next_log:
+                    now = time.perf_counter()
+                    values = _mean(train_metrics)
+                    values.update(env_steps_per_s=(state.env_steps - steps_at_last_log) / (now - time_at_last_log),
+                                  updates=state.updates, episodes=state.episodes,
+                                  replay_frames=replay.num_frames if replay is not None else 0,
+                                  wall_seconds=wall())
+                    if hasattr(agent, "epsilon"):
+                        values["epsilon"] = agent.epsilon(state.env_steps)
+                    log.log(state.env_steps, "train", values)
+                    train_metrics.clear()
+                    steps_at_last_log, time_at_last_log = state.env_steps, now
+                    while state.next_log <= state.env_steps:
+                        state.next_log += cfg.log_every
+                final = state.env_steps >= cfg.steps
+                if state.env_steps >= state.next_eval or final:
+                    if eval_pool is None:
+                        eval_pool = EnvPool(factory, min(EVAL_BATCH, cfg.eval_episodes or len(eval_goals)), workers)
+                    result = evaluate(agent, factory, eval_goals, cfg.eval_episodes, pool=eval_pool)
+                    last_eval = result.metrics()
+                    log.log(state.env_steps, "eval", {**last_eval, "wall_seconds": wall()})
+                    if bar is not None:
+                        bar.set_postfix(success=f"{last_eval['success_rate']:.2f}", refresh=False)
+                    while state.next_eval <= state.env_steps:
+                        state.next_eval += cfg.eval_every
+                    if final:
+                        _write_figures(out, cfg, result)
+                # A stop request (Ctrl-C, SIGTERM) is honoured here, between rounds, where a
+                # checkpoint is a clean cut: the resumed run continues exactly.
+                if state.env_steps >= state.next_checkpoint or final or stop.requested:
+                    while state.next_checkpoint <= state.env_steps:
+                        state.next_checkpoint += cfg.checkpoint_every
+                    state.wall_seconds = wall()
+                    log.sync()  # metrics up to the checkpoint are on disk before it is
+                    _save_checkpoint(ckpt_path, cfg, spec, agent, replay, rng, state)
+                if stop.requested and not final:
+                    raise RunInterrupted(f"stopped by {stop.signal_name} at env step {state.env_steps:,}; "
+                                         f"checkpoint saved in {out}. Re-run the same command to resume.")
     finally:
         if bar is not None:
             bar.close()
         log.close()
-        pool.close()
-        if eval_pool is not None:
-            eval_pool.close()
+        for p in (pool, eval_pool):
+            if p is not None:
+                p.close()
     if not last_eval:  # resumed a run that had already finished
         last_eval = next((r for r in reversed(read_metrics(out)) if r["kind"] == "eval"), {})
         last_eval = {k: v for k, v in last_eval.items() if k not in ("step", "kind", "wall_seconds")}
@@ -224,8 +247,87 @@ def train(cfg: Config) -> dict:
                "env_steps": state.env_steps, "updates": state.updates, "episodes": state.episodes,
                "wall_seconds": round(wall(), 2), "eval_trials": _eval_trials(cfg),
                "replay_gib": round(replay.nbytes / 2**30, 3) if replay is not None else 0.0, **last_eval}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n", what="summary")
+    if learns and state.updates == 0:
+        warnings.warn(f"this run made no update: its {state.env_steps:,} env steps never passed min_steps_learn = "
+                      f"{cfg.min_steps_learn:,}, so its results are those of an untrained agent", stacklevel=2)
     return summary
+
+
+class RunInterrupted(Exception):
+    """The run stopped on a signal after saving a checkpoint; re-running resumes it."""
+
+
+class StopOnSignal:
+    """Turn the first SIGINT or SIGTERM into a request the loop honours at its next safe
+    point; a second SIGINT aborts at once (KeyboardInterrupt), as a user pressing Ctrl-C
+    twice expects. Only in the main thread (signal handlers cannot be set elsewhere)."""
+
+    def __init__(self):
+        self.requested = False
+        self.signal_name = ""
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+        print(f"\npixelplan: {self.signal_name} received; saving a checkpoint at the end of this round "
+              f"(Ctrl-C again to abort without it)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory; give a directory for the run")
+    parent = next((p for p in [out, *out.parents] if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"--out {out}: {parent} is a file, not a directory")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {parent} is not writable; choose a directory you can write to")
+
+
+def _check_resumable(out: Path, cfg: Config) -> None:
+    """Refuse, before anything is written, to resume a run this config cannot continue."""
+    if not any(p.exists() for p in (out / CHECKPOINT, previous_path(out / CHECKPOINT))):
+        return
+    with warnings.catch_warnings():   # a torn last line is dropped (and reported) by MetricsLog
+        warnings.simplefilter("ignore")
+        read_metrics(out)             # a bad line refuses the resume here, before anything is written
+    saved = None
+    saved_cfg_path = out / "config.json"
+    if saved_cfg_path.exists():
+        try:
+            saved = config_lib.load(saved_cfg_path)
+        except ValueError as exc:
+            warnings.warn(f"{exc}; checking the checkpoint's own copy of the config instead", stacklevel=2)
+    if saved is None:
+        payload = _read_checkpoint(out / CHECKPOINT)
+        if payload is None:
+            return
+        saved = _checkpoint_config(payload, out / CHECKPOINT)
+    diffs = config_lib.incompatible_fields(saved, cfg)
+    if diffs:
+        raise IncompatibleCheckpoint(
+            f"{out} holds a checkpoint of a run with a different config ({'; '.join(diffs)}), so this command "
+            f"cannot resume it: resume it with its own settings, or use a new --out directory")
+
+
+def _warn_if_no_learning(cfg: Config, learns: bool) -> None:
+    if learns and cfg.min_steps_learn >= cfg.steps:
+        warnings.warn(f"learning starts after min_steps_learn = {cfg.min_steps_learn:,} env steps, but this run's "
+                      f"budget is {cfg.steps:,}: it will make few or no updates. Raise --steps or lower "
+                      f"--min-steps-learn (or pick a preset for this env: --preset gridworld).", stacklevel=3)
 
 
 def _eval_trials(cfg: Config) -> int | None:
@@ -306,30 +408,76 @@ def _save_checkpoint(path: Path, cfg, spec, agent, replay, rng, state: LoopState
     payload = {"format": CHECKPOINT_FORMAT, "config": config_lib.to_dict(cfg), "spec": spec.to_dict(),
                "agent": agent.state_dict(), "replay": _replay_tensors(replay), "loop": state.__dict__,
                "torch_rng": torch.get_rng_state()}
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+    # Atomic (temp file, fsync, rename): a kill or a full disk mid-save leaves the previous
+    # checkpoint intact; it is also kept as checkpoint.prev.pt, a fallback for an unreadable one.
+    write_atomically(path, lambda f: torch.save(payload, f), what="checkpoint",
+                     need_bytes=_tensor_bytes(payload), keep_previous=cfg.keep_previous_checkpoint)
 
 
-def _load_checkpoint(path: Path, cfg, spec, agent, replay, rng) -> LoopState:
-    try:
-        # mmap: the replay's frames are read from the file as they are copied into the buffer,
-        # so resuming does not need the buffer's memory twice.
-        payload = torch.load(path, weights_only=False, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise IncompatibleCheckpoint(f"cannot read checkpoint {path}: {exc}. Delete it to start over.") from exc
+def _tensor_bytes(obj) -> int:
+    """Bytes of the tensors and arrays in a nested payload (what a checkpoint's size is made of)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values()) + 1024
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj) + 64
+    return 64
+
+
+def _read_checkpoint(path: Path) -> dict | None:
+    """The newest readable checkpoint of a run (``checkpoint.pt``, else the fallback
+    ``checkpoint.prev.pt`` with a warning), or None when there is none."""
+    candidates = [p for p in (path, previous_path(path)) if p.exists()]
+    errors = []
+    for p in candidates:
+        try:
+            # mmap: the replay's frames are read from the file as they are copied into the buffer,
+            # so resuming does not need the buffer's memory twice.
+            payload = torch.load(p, weights_only=False, mmap=True)
+            if not isinstance(payload, dict) or "format" not in payload:
+                raise ValueError("not a pixelplan checkpoint")
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same treatment
+            errors.append(f"{p.name}: {_one_line(exc)}")
+            continue
+        if p != path:
+            warnings.warn(f"{path} is unreadable ({errors[0]}); resuming from the previous checkpoint {p.name}",
+                          stacklevel=2)
+        return payload
+    if errors:
+        raise IncompatibleCheckpoint(f"cannot read the checkpoint in {path.parent} ({'; '.join(errors)}); "
+                                     f"delete {path.parent} to start over")
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _checkpoint_config(payload: dict, path: Path) -> Config:
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise IncompatibleCheckpoint(f"{path} has checkpoint format {payload.get('format')}, this pixelplan "
                                      f"writes format {CHECKPOINT_FORMAT}; use a new --out directory")
-    diffs = config_lib.incompatible_fields(config_lib.from_dict(payload["config"]), cfg)
+    try:
+        return config_lib.from_dict(payload["config"])
+    except (KeyError, TypeError) as exc:
+        raise IncompatibleCheckpoint(f"{path} holds no usable config ({_one_line(exc)}); "
+                                     f"delete {path.parent} to start over") from None
+
+
+def _load_checkpoint(payload: dict, path: Path, cfg, spec, agent, replay, rng) -> LoopState:
+    diffs = config_lib.incompatible_fields(_checkpoint_config(payload, path), cfg)
     if diffs or payload["spec"] != spec.to_dict():
-        detail = "\n  ".join(diffs) if diffs else f"env spec {payload['spec']} -> {spec.to_dict()}"
-        raise IncompatibleCheckpoint(f"checkpoint {path} was made with an incompatible config:\n  {detail}\n"
-                                     f"Use a new --out directory, or delete {path.parent} to start over.")
+        detail = "; ".join(diffs) if diffs else f"env spec {payload['spec']} -> {spec.to_dict()}"
+        raise IncompatibleCheckpoint(f"checkpoint {path} was made with an incompatible config ({detail}): "
+                                     f"resume it with its own settings, or use a new --out directory")
     try:
         agent.load_state_dict(payload["agent"])
     except (RuntimeError, KeyError, ValueError) as exc:
-        raise IncompatibleCheckpoint(f"checkpoint {path} does not fit this agent ({exc}); "
+        raise IncompatibleCheckpoint(f"checkpoint {path} does not fit this agent ({_one_line(exc)}); "
                                      f"use a new --out directory") from exc
     if replay is not None:
         replay.load_state_dict({k: v.numpy() if isinstance(v, torch.Tensor) else v
@@ -344,15 +492,26 @@ def load_agent(run_dir) -> tuple[Config, object, object, list]:
     """The config, agent and env factory of a saved run, for evaluation."""
     run_dir = Path(run_dir)
     cfg_path, ckpt_path = run_dir / "config.json", run_dir / CHECKPOINT
-    if not cfg_path.exists() or not ckpt_path.exists():
+    if not run_dir.is_dir() or not any(p.exists() for p in (ckpt_path, previous_path(ckpt_path))):
         raise FileNotFoundError(f"{run_dir} is not a pixelplan run directory with a checkpoint "
                                 f"(expected {cfg_path.name} and {ckpt_path.name}); train one with "
                                 f"`pixelplan train --out {run_dir}`")
-    cfg = config_lib.load(cfg_path)
+    payload = _read_checkpoint(ckpt_path)  # mmap: the replay is not read
+    saved = _checkpoint_config(payload, ckpt_path)
+    try:
+        cfg = config_lib.load(cfg_path) if cfg_path.exists() else saved
+    except ValueError as exc:
+        warnings.warn(f"{exc}; using the checkpoint's own copy of the config", stacklevel=2)
+        cfg = saved
+    if config_lib.incompatible_fields(saved, cfg):
+        cfg = saved  # config.json was edited or replaced: the weights are the checkpoint's run's
     factory, probe, spec, agent, _ = prepare(cfg)
-    payload = torch.load(ckpt_path, weights_only=False, mmap=True)  # mmap: the replay is not read
-    if payload["spec"] != spec.to_dict():
-        raise IncompatibleCheckpoint(f"checkpoint {ckpt_path} was made for env spec {payload['spec']}, "
+    if payload.get("spec") != spec.to_dict():
+        raise IncompatibleCheckpoint(f"checkpoint {ckpt_path} was made for env spec {payload.get('spec')}, "
                                      f"but the env now gives {spec.to_dict()}")
-    agent.load_state_dict(payload["agent"])
+    try:
+        agent.load_state_dict(payload["agent"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise IncompatibleCheckpoint(f"checkpoint {ckpt_path} does not fit a {cfg.agent} agent "
+                                     f"({_one_line(exc)})") from None
     return cfg, agent, factory, probe.unwrapped.evaluation_goals()
