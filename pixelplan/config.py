@@ -49,6 +49,11 @@ class GlamorConfig:
     lstm_hidden: int = 64
     """hidden size of the idm and prior LSTMs (one layer each)"""
 
+    self_goal_prob: float = 0.0
+    """fraction of each training batch relabelled as 'the start is its own goal' (k = 0,
+    target END alone), so that END's likelihood ratio at a plan's start is learned at every
+    state, not only at episodes' final frames; 0 = the paper's sampling (docs/glamor.md)"""
+
     # --- loss and optimiser (eq. 9, Figure 5) ---
     alpha: float = 1.0
     """weight of the prior's NLL in the loss (eq. 9)"""
@@ -291,6 +296,7 @@ def validate(cfg: Config) -> None:
     need(g.eval_trials is None or g.eval_trials >= 1, f"glamor.eval_trials must be >= 1, got {g.eval_trials}")
     need(0 < g.gamma <= 1, f"glamor.gamma must be in (0, 1], got {g.gamma}")
     need(g.alpha >= 0, f"glamor.alpha must be >= 0, got {g.alpha}")
+    need(0 <= g.self_goal_prob < 1, f"glamor.self_goal_prob must be in [0, 1), got {g.self_goal_prob}")
     need(g.lr > 0, f"glamor.lr must be > 0, got {g.lr}")
     need(0 <= g.eps_final <= 1 and 0 <= g.eps_start <= 1,
          f"glamor.eps_start and eps_final must be in [0, 1], got {g.eps_start}, {g.eps_final}")

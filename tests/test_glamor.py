@@ -387,3 +387,62 @@ def test_plan_ema_plans_with_the_moving_average_and_survives_a_checkpoint():
     agent.generator.manual_seed(4)
     a, b = agent.plan(state, goal, np.array([T, T]), 8), clone.plan(state, goal, np.array([T, T]), 8)
     assert torch.equal(a.actions, b.actions) and torch.allclose(a.scores, b.scores)
+
+
+# ------------------------------------------------------------ self-goal samples
+def _batch(rng: np.random.Generator, rows: int = 64) -> HindsightBatch:
+    k = rng.integers(1, T + 1, size=rows)
+    actions = np.where(np.arange(T)[None] < k[:, None], rng.integers(0, N_ACTIONS, size=(rows, T)), PAD)
+    return HindsightBatch(state=frames(rng, rows, 2, 27, 27), goal=frames(rng, rows, 27, 27), actions=actions,
+                          k=k, start=np.arange(rows))
+
+
+def test_self_goal_samples_make_the_start_its_own_goal():
+    agent = make_glamor(self_goal_prob=0.3)
+    batch = _batch(np.random.default_rng(0), rows=400)
+    out = agent.self_goal_samples(batch)
+    own = out.k == 0
+    assert 0.2 < own.mean() < 0.4
+    np.testing.assert_array_equal(out.goal[own], batch.state[own, -1])
+    assert np.all(out.actions[own] == PAD)
+    for name in ("goal", "actions", "k", "state"):
+        np.testing.assert_array_equal(getattr(out, name)[~own], getattr(batch, name)[~own])
+    assert np.all(batch.k > 0)     # the replay's batch itself is left alone
+
+
+def test_self_goal_prob_zero_is_the_papers_sampling_and_draws_nothing():
+    agent = make_glamor()
+    before = agent.sample_rng.bit_generator.state
+    batch = _batch(np.random.default_rng(1))
+    loss_a = agent.loss(batch)[0]
+    assert agent.sample_rng.bit_generator.state == before
+    assert torch.equal(loss_a, agent.loss(batch)[0])
+
+
+def test_self_goal_samples_make_end_now_lose_away_from_the_goal():
+    """A one-step env whose start never ends an episode: under the paper's sampling END at a
+    plan's start is never seen at the start state; with self-goal samples its log-ratio is
+    learned: high where the goal is the start, far below zero elsewhere."""
+    spec = ObsSpec(frame_shape=(9, 9), frame_stack=1, n_actions=2, max_episode_steps=1)
+    cells = np.zeros((3, 9, 9), np.uint8)
+    for i in range(3):
+        cells[i, :, 3 * i:3 * i + 3] = 255        # start, left, right
+    replay = ReplayBuffer(600, (9, 9), 1)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        a = int(rng.integers(2))
+        replay.add_episode(cells[[0, 1 + a]], np.array([a]))
+    cfg = config_lib.preset("debug")
+    cfg.glamor = dataclasses.replace(cfg.glamor, self_goal_prob=0.2, lr=3e-3)
+    agent = make_agent("glamor", cfg, spec, torch.device("cpu"), 0)
+    for _ in range(150):
+        agent.update(replay.sample(64, 1, rng))
+    model = agent.model.eval()
+    with torch.no_grad():
+        state = torch.as_tensor(cells[[0, 0]][:, None])
+        idm_code, prior_code = model.codes(state, torch.as_tensor(cells[[0, 1]]))
+        start = torch.full((2, 1), -1)
+        z_end = (F.log_softmax(model.idm(idm_code, start), -1) - F.log_softmax(model.prior(prior_code, start), -1))
+    z_end_now = z_end[:, 0, spec.n_actions]
+    assert z_end_now[0] > 1.0      # the goal is the start: END now is right
+    assert z_end_now[1] < -3.0     # the goal is elsewhere: END now loses to the 1-step plan

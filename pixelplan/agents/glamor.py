@@ -30,6 +30,16 @@ they are silent (also in docs/glamor.md):
   (goal = state, target END alone). The release samples the same way.
 * The loss masks padding with an ignore index instead of a PAD output class; the
   likelihood is the same.
+* Self-goal samples (``self_goal_prob``, 0 in the paper preset, 0.1 in the grid preset): a
+  fraction of each batch is relabelled as "the start is its own goal" (k = 0, target END
+  alone). In the paper's sampling END at a plan's start is seen only at an episode's final
+  frames, so from a state that never ends an episode both p_idm(END | s, g) and
+  p_prior(END | s) are near zero and "END now" scores the log-ratio of two near-zero numbers:
+  noise around 0, which beats every plan that pays log(1/gamma) per action. With END seen
+  at every state, p_prior(END | s) is at least about ``self_goal_prob`` and p_idm(END | s, g)
+  learns to be ~1 for g = s and ~0 otherwise, so "END now" wins only at the goal. For plans of
+  k >= 1 actions the ratio only gains the constant -log(1 - self_goal_prob), so their ranking
+  is unchanged. Evidence: docs/glamor.md ("END now before anything is learned").
 * The clip applies to action tokens, not to END (END ends a plan, it does not expand it);
   see planners/shooting.py for why this matters under hindsight relabelling.
 * While epsilon is 1 the planner's output would be discarded, so no plan is computed.
@@ -104,6 +114,9 @@ class GlamorAgent:
         self.ema = (swa_utils.AveragedModel(self.model, multi_avg_fn=swa_utils.get_ema_multi_avg_fn(
             self.cfg.plan_ema)) if self.cfg.plan_ema > 0 else None)
         self.rng = np.random.default_rng(seed)
+        # Its own stream, so that switching self-goal samples on or off leaves collection's
+        # random actions as they were.
+        self.sample_rng = np.random.default_rng([seed, 7])
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         self.updates = 0
@@ -199,8 +212,22 @@ class GlamorAgent:
         return torch.stack([self._goal_cache[key] for key in keys])
 
     # ---------------------------------------------------------------- learning
+    def self_goal_samples(self, batch: HindsightBatch) -> HindsightBatch:
+        """With probability ``self_goal_prob`` per row, make the start its own goal: k = 0,
+        goal = the start frame, target END alone (see the module doc for why)."""
+        own = self.sample_rng.random(len(batch.k)) < self.cfg.self_goal_prob
+        if not own.any():
+            return batch
+        goal, k, actions = batch.goal.copy(), batch.k.copy(), batch.actions.copy()
+        goal[own] = batch.state[own, -1]
+        k[own] = 0
+        actions[own] = PAD
+        return batch._replace(goal=goal, k=k, actions=actions)
+
     def loss(self, batch: HindsightBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Eq. 9: token-mean NLL of the idm + alpha x token-mean NLL of the prior."""
+        if self.cfg.self_goal_prob > 0:
+            batch = self.self_goal_samples(batch)
         dev = self.device
         k = torch.as_tensor(batch.k, device=dev)
         length = int(batch.k.max()) + 1                # tokens: k actions then END
@@ -238,7 +265,8 @@ class GlamorAgent:
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
-                "rng": self.rng.bit_generator.state, "generator": self.generator.get_state(),
+                "rng": self.rng.bit_generator.state, "sample_rng": self.sample_rng.bit_generator.state,
+                "generator": self.generator.get_state(),
                 "updates": self.updates, "open_loop": dict(self._open_loop)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -247,6 +275,8 @@ class GlamorAgent:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["rng"]
+        if "sample_rng" in state:   # checkpoints from before self-goal samples have none
+            self.sample_rng.bit_generator.state = state["sample_rng"]
         self.generator.set_state(state["generator"])
         self.updates = state["updates"]
         self._open_loop = dict(state["open_loop"])
