@@ -7,6 +7,12 @@ clean cut: a killed run resumes from its last checkpoint and continues exactly a
 uninterrupted run would (every env reset draws its seed from the run's RNG, which the
 checkpoint holds).
 
+The run directory survives faults (docs/runs.md): every check runs before anything is
+written; one process at a time holds its lock; every file is replaced atomically; the
+checkpoint before last is kept as a fallback; a full disk keeps the last checkpoint and
+says how much space is needed; SIGINT or SIGTERM saves a checkpoint at the end of the
+current round and exits (``RunInterrupted``).
+
 Replay ratio: from ``min_steps_learn`` on, the loop keeps the number of training samples
 drawn (updates x batch size) at ``replay_ratio`` x the env steps collected since
 ``min_steps_learn``, checked after every vector step.
