@@ -21,8 +21,11 @@ Presets:
   (see docs/glamor.md for each value and why).
 * ``debug``: the grid world with a tiny budget, to run every code path in seconds.
 
-``--preset auto`` (the default) picks ``gridworld`` for grid-world envs and ``paper``
-otherwise.
+``--preset auto`` (the default) picks ``paper`` for the paper's suites (``dmc:*`` and
+``atari:*``, whose budgets are hundreds of thousands of steps) and ``gridworld`` for every
+other env: the grid worlds and the envs users adapt or register (``module:factory`` names
+included), which are small until shown otherwise. A user env that needs the paper's budget
+asks for ``--preset paper``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 PRESETS = ("auto", "paper", "gridworld", "debug")
+#: env-name prefixes of the paper's benchmark suites, which ``--preset auto`` gives the paper preset
+PAPER_SUITES = ("dmc:", "atari:")
 
 
 @dataclass
@@ -192,7 +197,7 @@ class Config:
 def preset(name: str, env: str = "gridworld") -> Config:
     """The default Config of a named preset."""
     if name == "auto":
-        name = "gridworld" if env.startswith("gridworld") else "paper"
+        name = "paper" if env.startswith(PAPER_SUITES) else "gridworld"
     if name == "paper":
         return Config(env=env, preset="paper")
     if name == "gridworld":

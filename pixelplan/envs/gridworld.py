@@ -58,7 +58,22 @@ FOURROOMS = """
 .....#.....
 """
 
-BUILTIN_LAYOUTS: dict[str, str] = {"fourrooms": FOURROOMS}
+#: A 9x9 maze with corridors and dead ends (pixelplan's own, for checking that the grid
+#: preset carries over to layouts it was not tuned on): 50 free cells, shortest paths from
+#: the start S of up to 16 steps (T = 32), three dead ends.
+MAZE9 = """
+.....#...
+.###.#.#.
+.#...#.#.
+.#.###.#.
+.#..S..#.
+.#####.##
+...#...#.
+.#.#.###.
+.#.......
+"""
+
+BUILTIN_LAYOUTS: dict[str, str] = {"fourrooms": FOURROOMS, "maze9": MAZE9}
 
 _LAYOUT_CHARS = set("#.S")
 
