@@ -219,10 +219,12 @@ def _sweep(args: list[str]) -> int:
     jobs = plan_jobs(opts.agents, opts.envs, opts.seeds, opts.out, opts.label_suffix)
     print(f"[sweep] {len(jobs)} runs, {opts.parallel} at a time, into {opts.out}", file=sys.stderr)
     failed = run_sweep(jobs, extra, opts.parallel, log=lambda m: print(m, file=sys.stderr, flush=True))
-    _print_table([job.out for job in jobs], Path(opts.out) / "table", opts.reference)
+    finished = [job.out for job in jobs if job not in failed]
+    if finished:
+        _print_table(finished, Path(opts.out) / "table", opts.reference)
     if failed:
-        print(f"pixelplan sweep: {len(failed)} run(s) failed: {', '.join(j.out.name for j in failed)}",
-              file=sys.stderr)
+        print(f"pixelplan sweep: {len(failed)} of {len(jobs)} run(s) failed (errors above; logs: "
+              f"{', '.join(str(j.out.parent / (j.out.name + '.log')) for j in failed)})", file=sys.stderr)
         return 1
     return 0
 

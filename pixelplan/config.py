@@ -206,7 +206,7 @@ def preset(name: str, env: str = "gridworld") -> Config:
             replay_ratio=16.0, min_steps_learn=1_000, eval_every=5_000, checkpoint_every=10_000,
             log_every=1_000,
             glamor=GlamorConfig(state_size=128, mix_hidden=128, batch_size=256, lr=5e-4,
-                                gamma=0.3, eps_steps=80_000, plan_ema=0.99),
+                                gamma=0.3, eps_steps=80_000, plan_ema=0.99, self_goal_prob=0.1),
         )
     if name == "debug":
         cfg = preset("gridworld", env)

@@ -351,7 +351,7 @@ class _Corridor(gym.Env):
         return self._obs(), 1.0, self.x == 5, False, {}
 
 
-def test_gym_goal_env_adapter():
+def test_gym_goal_env_adapter(tmp_path):
     spec = GoalSpec.from_ranges(["x"], [0], [5], tolerance=0.5)
     env = GymGoalEnv(_Corridor(), lambda e: [e.x], spec, max_episode_steps=4)
     assert env.observation_space.shape == (2, 6, 3)
@@ -363,14 +363,14 @@ def test_gym_goal_env_adapter():
     for _ in range(3):
         *_, trunc, _ = env.step(0)
     assert trunc  # truncated at T=4
-    gray = GymGoalEnv(_Corridor(), lambda e: [e.x], spec, max_episode_steps=4, grayscale=True)
+    gray = GymGoalEnv(_Corridor(), lambda e: [e.x], spec, max_episode_steps=4, grayscale=True, cache_dir=tmp_path)
     g, info = gray.reset(seed=0)
     assert g.shape == (2, 6) and g.dtype == np.uint8 and g[0, int(info["features"][0])] == 76
     goals = gray.training_goals(6, 0)
     assert [x.features.tolist() for x in goals] == [x.features.tolist() for x in gray.training_goals(6, 0)]
     assert all(x.frame.shape == (2, 6) for x in goals)
-    with pytest.raises(NotImplementedError, match="diverse_goals"):
-        gray.evaluation_goals()
+    # a fixed evaluation set is built on first use: one goal per distinct state reached (x in 0..5)
+    assert sorted(g.features[0] for g in gray.evaluation_goals()) == [0, 1, 2, 3, 4, 5]
     assert gray.optimal_steps([0.0], [1.0]) is None
     # frame_fn path and frame validation
     fn_env = GymGoalEnv(_Corridor(), lambda e: [e.x], spec, frame_fn=lambda e, o: o[..., 0], max_episode_steps=4)

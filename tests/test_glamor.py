@@ -23,6 +23,9 @@ SPEC = ObsSpec(frame_shape=(27, 27), frame_stack=2, n_actions=N_ACTIONS, max_epi
 
 
 def make_glamor(seed: int = 0, **glamor) -> GlamorAgent:
+    """A debug-preset GLAMOR agent; self-goal samples off unless asked for, so the loss tests
+    see exactly the batch they build."""
+    glamor.setdefault("self_goal_prob", 0.0)
     cfg = config_lib.preset("debug")
     cfg.glamor = dataclasses.replace(cfg.glamor, **glamor)
     agent = make_agent("glamor", cfg, SPEC, torch.device("cpu"), seed)

@@ -12,12 +12,25 @@ prefix handler called as ``factory(rest, **kwargs)``. Built in: ``gridworld``,
 ``gridworld-fourrooms``, ``dmc:<domain>-<task>`` (any dm_control suite task;
 see :mod:`pixelplan.envs.dmc`) and ``atari:<game>`` (the GLAMOR paper's 14 games; see
 :mod:`pixelplan.envs.atari`).
+
+A name ``"package.module:factory"`` whose prefix is not a registered prefix names a
+factory by import path, like a Gymnasium entry point: ``make`` imports the module (from
+``sys.path``, and from the current directory when it is not on ``sys.path``, as
+``python -m`` would) and calls ``factory(**kwargs)``, which must return a
+:class:`GoalEnv`. This form works in every process, so env worker processes need no
+registration; ``pixelplan train --env examples.slider:make_env`` trains a user's env.
 """
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
+import os
+import re
+import sys
 from typing import Any, Callable
+
+import gymnasium as gym
 
 from .core import Goal, GoalEnv, GoalSpec, GymGoalEnv, check_goal_frame
 from .atari import AtariGoalEnv, make_atari
@@ -50,6 +63,11 @@ __all__ = [
 
 _FACTORIES: dict[str, Callable[..., GoalEnv]] = {}
 _PREFIXES: dict[str, Callable[..., GoalEnv]] = {}
+#: the (name, factory) pairs this module registers itself: every process that imports
+#: pixelplan.envs has them, while a program's own register() calls exist only in its process
+_BUILTIN: set[tuple[str, int]] = set()
+#: "package.module:attr", both sides dotted Python identifiers
+_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
 def register(name: str, factory: Callable[..., GoalEnv], overwrite: bool = False) -> None:
@@ -81,6 +99,11 @@ def _check_kwargs(name: str, factory: Callable, kwargs: dict, skip_first: bool =
         return
     if skip_first and params:
         params = params[1:]
+    required = [p.name for p in params if p.default is p.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in kwargs]
+    if required:
+        raise ValueError(f"env {name!r} needs option(s) {', '.join(required)} (pixelplan train --env-options "
+                         f"{required[0]} VALUE ...)")
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return
     accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
@@ -96,25 +119,125 @@ def _check_kwargs(name: str, factory: Callable, kwargs: dict, skip_first: bool =
         )
 
 
+def runtime_registration(name: str) -> tuple[str, Callable[..., GoalEnv]] | None:
+    """``(registered name, factory)`` when ``name`` resolves to a registration made at run
+    time by the program (not by pixelplan itself), else ``None``. A prefix registration is
+    returned as ``("prefix:", handler)``. Env worker processes are spawned fresh and do not
+    have such registrations; :class:`pixelplan.envs.vector.EnvFactory` ships them along."""
+    if not isinstance(name, str):
+        return None
+    if name in _FACTORIES:
+        key, factory = name, _FACTORIES[name]
+    elif ":" in name and name.split(":", 1)[0] in _PREFIXES:
+        key = name.split(":", 1)[0] + ":"
+        factory = _PREFIXES[key[:-1]]
+    else:
+        return None
+    return None if (key, id(factory)) in _BUILTIN else (key, factory)
+
+
+def adopt_registration(key: str, factory: Callable[..., GoalEnv]) -> None:
+    """Register ``factory`` under ``key`` unless that name is already registered (used in env
+    worker processes, where importing the factory's module may have registered it)."""
+    table = _PREFIXES if key.endswith(":") else _FACTORIES
+    if (key[:-1] if key.endswith(":") else key) not in table:
+        register(key, factory)
+
+
+def _import_module(module_name: str, env_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        cwd = os.getcwd()
+        # Only a miss of the module itself (or a parent package) is retried from the current
+        # directory: the console script `pixelplan` does not put it on sys.path, `python -m` does.
+        if not (module_name == missing or module_name.startswith(missing + ".")) or not missing:
+            raise ValueError(f"env {env_name!r}: importing module {module_name!r} failed: {exc}") from None
+        on_path = {os.path.abspath(p or os.curdir) for p in sys.path}
+        if os.path.abspath(cwd) in on_path:
+            raise ValueError(f"env {env_name!r}: no module named {missing!r} (looked on sys.path, which "
+                             f"includes the current directory {cwd})") from None
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()
+        try:
+            # cwd stays on sys.path when this works: spawned env workers copy sys.path, and
+            # pickled references to the module's functions must resolve there too.
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as exc2:
+            sys.path.remove(cwd)
+            if exc2.name and (module_name == exc2.name or module_name.startswith(exc2.name + ".")):
+                raise ValueError(f"env {env_name!r}: no module named {exc2.name!r} (looked on sys.path and "
+                                 f"in the current directory {cwd})") from None
+            raise ValueError(f"env {env_name!r}: importing module {module_name!r} failed: {exc2}") from None
+    except ImportError as exc:
+        raise ValueError(f"env {env_name!r}: importing module {module_name!r} failed: {exc}") from None
+
+
+def _import_factory(name: str) -> Callable[..., GoalEnv]:
+    module_name, attr = name.split(":", 1)
+    try:
+        obj = _import_module(module_name, name)
+    except ValueError as exc:
+        close = difflib.get_close_matches(module_name, list(_PREFIXES), n=1)
+        if close and "no module named" in str(exc):
+            raise ValueError(f"{exc} (did you mean {close[0]}:{attr}?)") from None
+        raise
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            close = difflib.get_close_matches(part, [a for a in dir(obj) if not a.startswith("_")], n=1)
+            where = f"module {module_name!r}" if obj is sys.modules.get(module_name) else repr(obj)
+            raise ValueError(f"env {name!r}: {where} has no attribute {part!r}"
+                             + (f" (did you mean {close[0]!r}?)" if close else ""))
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"env {name!r}: {attr} is a {type(obj).__name__}, not a callable that returns a GoalEnv")
+    return obj
+
+
+def _goal_env_of(name: str, env: Any) -> GoalEnv:
+    """``env`` if it is a GoalEnv (or a wrapper of one); else a one-line ValueError."""
+    if isinstance(env, GoalEnv) or isinstance(getattr(env, "unwrapped", None), GoalEnv):
+        return env
+    hint = ("wrap it with pixelplan.envs.GymGoalEnv(env, features_fn, goal_spec)"
+            if isinstance(env, gym.Env) else "it must return a pixelplan.envs.GoalEnv")
+    cls = type(env)
+    raise ValueError(f"env {name!r}: the factory returned a {cls.__qualname__} ({cls.__module__}.{cls.__qualname__}), "
+                     f"not a pixelplan GoalEnv; {hint}")
+
+
 def make(name: str, **kwargs: Any) -> GoalEnv:
-    """Build the registered env ``name`` with options ``kwargs``."""
+    """Build the env ``name`` with options ``kwargs``: a registered name, ``"prefix:rest"``
+    for a registered prefix, or ``"package.module:factory"`` (an importable factory)."""
+    if not isinstance(name, str):
+        raise ValueError(f"env name must be a string, got {name!r}")
     if name in _FACTORIES:
         factory = _FACTORIES[name]
         _check_kwargs(name, factory, kwargs)
-        return factory(**kwargs)
-    if isinstance(name, str) and ":" in name:
+        env = factory(**kwargs)
+    elif ":" in name and name.split(":", 1)[0] in _PREFIXES:
         prefix, rest = name.split(":", 1)
-        if prefix in _PREFIXES:
-            factory = _PREFIXES[prefix]
-            _check_kwargs(name, factory, kwargs, skip_first=True)
-            return factory(rest, **kwargs)
-    known = names()
-    close = difflib.get_close_matches(str(name), known, n=1)
-    raise ValueError(
-        f"unknown env {name!r}"
-        + (f" (did you mean {close[0]!r}?)" if close else "")
-        + f"; known envs: {', '.join(known)}"
-    )
+        factory = _PREFIXES[prefix]
+        _check_kwargs(name, factory, kwargs, skip_first=True)
+        env = factory(rest, **kwargs)
+    elif _IMPORT_PATH.match(name):
+        factory = _import_factory(name)
+        _check_kwargs(name, factory, kwargs)
+        env = factory(**kwargs)
+    else:
+        known = names()
+        close = difflib.get_close_matches(name, known, n=1)
+        raise ValueError(
+            f"unknown env {name!r}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f"; known envs: {', '.join(known)}; or name a factory by import path, package.module:function"
+            + ("" if ":" in name else " (a name registered with register() exists only in the process that "
+               "registered it)")
+        )
+    env = _goal_env_of(name, env)
+    base = env.unwrapped
+    base.make_name, base.make_options = name, dict(kwargs)
+    return env
 
 
 def _gridworld_fourrooms(
@@ -133,3 +256,6 @@ register("gridworld", GridWorld)
 register("dmc:", make_dmc)
 register("atari:", make_atari)
 register("gridworld-fourrooms", _gridworld_fourrooms)
+_BUILTIN.update((n, id(f)) for n, f in
+                [("gridworld", GridWorld), ("dmc:", make_dmc), ("atari:", make_atari),
+                 ("gridworld-fourrooms", _gridworld_fourrooms)])

@@ -20,6 +20,8 @@ This module must not import torch.
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -264,8 +266,8 @@ class GoalEnv(gym.Env):
     * ``current_goal() -> Goal``: the frame and features of the current state.
 
     Defaults provided here: :meth:`training_goals` (final states of random
-    episodes), :meth:`evaluation_goals` (not implemented; see
-    :func:`pixelplan.envs.goals.diverse_goals`), :meth:`optimal_steps`
+    episodes), :meth:`evaluation_goals` (a fixed set built from random episodes on
+    first use and cached on disk; see :meth:`goal_set_key`), :meth:`optimal_steps`
     (``None``: unknown).
     """
 
@@ -273,6 +275,17 @@ class GoalEnv(gym.Env):
     max_episode_steps: int
     #: how many training goals a run draws its collection goals from (GLAMOR: 1000)
     n_training_goals: int = 1000
+    #: the automatic evaluation set (see :meth:`evaluation_goals`): at most this many goals,
+    #: picked from ``n_eval_candidates`` random final states with the seed ``goal_seed``,
+    #: cached under ``goal_cache_dir`` (None: ``$PIXELPLAN_CACHE``, else ``~/.cache/pixelplan``)
+    n_eval_goals: int = 30
+    n_eval_candidates: int = 1000
+    goal_seed: int = 0
+    goal_cache_dir: str | None = None
+    #: set by :func:`pixelplan.envs.make` on the env it returns: the name and options it was
+    #: made with (they identify the env's cached goal set)
+    make_name: str | None = None
+    make_options: dict | None = None
 
     @property
     def frame_shape(self) -> tuple[int, ...]:
@@ -316,11 +329,45 @@ class GoalEnv(gym.Env):
         return self.current_goal()
 
     def evaluation_goals(self) -> list[Goal]:
-        raise NotImplementedError(
-            f"{type(self).__name__} has no fixed evaluation goal set. Build one from candidate goals with "
-            "pixelplan.envs.goals.diverse_goals(env.training_goals(N, rng), n, env.goal_spec, rng) "
-            "and keep it with pixelplan.envs.goals.save_goals."
-        )
+        """The env's fixed evaluation goals, the same for every run and agent.
+
+        Default: built on first use with the DM Control and Atari recipe, the greedy
+        max-min pick (:func:`pixelplan.envs.goals.diverse_goals`, in ``goal_spec``'s
+        normalised feature space) from ``n_eval_candidates`` random final states, but with
+        ``goal_spec`` kept as it is (its ranges are the env's word) and candidates with
+        equal features dropped first, so an env with fewer distinct states than
+        ``n_eval_goals`` gets one goal per distinct state found. Deterministic in
+        ``goal_seed`` and cached on disk under :meth:`goal_set_key`; leaves the env
+        mid-episode when it builds or checks the set.
+        """
+        goals = self.__dict__.get("_evaluation_goals")
+        if goals is None:
+            from .goals import automatic_evaluation_goals  # goals imports this module
+
+            goals, self.goal_cache_path = automatic_evaluation_goals(
+                self, self.goal_set_key(), seed=int(self.goal_seed), n_evaluation=int(self.n_eval_goals),
+                n_candidates=int(self.n_eval_candidates), cache_dir=self.goal_cache_dir)
+            self._evaluation_goals = goals
+        return list(goals)
+
+    def goal_set_label(self) -> str:
+        """How the env is named in its goal-set cache: its ``name``, else the name it was made
+        with (:func:`pixelplan.envs.make`), else its class's import path."""
+        cls = type(self)
+        return getattr(self, "name", None) or self.make_name or f"{cls.__module__}.{cls.__qualname__}"
+
+    def goal_set_key(self) -> dict:
+        """What the automatic evaluation set depends on, besides the seed and counts and a
+        fingerprint of the env's behaviour (added by
+        :func:`pixelplan.envs.goals.automatic_evaluation_goals`): the env's label, its class,
+        the options it was made with, the frame shape, the number of actions and T. The
+        goal spec is added too. JSON-serialisable; options that are not JSON are keyed by
+        their ``repr``."""
+        cls = type(self)
+        options = json.loads(json.dumps(self.make_options or {}, sort_keys=True, default=repr))
+        return {"env": self.goal_set_label(), "class": f"{cls.__module__}.{cls.__qualname__}",
+                "options": options, "frame_shape": list(self.frame_shape),
+                "n_actions": int(self.action_space.n), "T": int(self.max_episode_steps)}
 
     def optimal_steps(self, start_features: Any, goal_features: Any) -> int | None:
         """Fewest actions from the start state to the goal, or ``None`` when unknown."""
@@ -351,6 +398,25 @@ class GymGoalEnv(GoalEnv):
     and the episode is truncated after ``max_episode_steps`` (default: the
     inner env's ``spec.max_episode_steps``). When ``frame_fn`` is given, the
     frame shape is found by one probe ``reset()`` of the inner env.
+
+    Every frame is checked at reset and step: without ``frame_fn`` the inner env's
+    observation must have the shape and dtype its ``observation_space`` declares, with
+    ``frame_fn`` every frame must have the probe frame's shape; otherwise a
+    ``ValueError`` names the inner env and what differed (a mismatch would otherwise
+    surface later, inside an agent).
+
+    Goals. ``goal_spec`` is kept as given: its ranges and tolerance decide success.
+    ``evaluation_goals()`` serves ``eval_goals`` (a list of :class:`Goal` or the path of a
+    :func:`pixelplan.envs.goals.save_goals` file) when given; otherwise the fixed set is
+    built on first use, at most ``n_eval_goals`` goals picked from ``n_eval_candidates``
+    random final states with ``goal_seed``, one per distinct feature vector at most, and
+    cached in ``cache_dir`` (see :meth:`GoalEnv.evaluation_goals`). The cache is keyed
+    by ``name`` (else the name :func:`pixelplan.envs.make` made the env with, else the
+    inner env's class path), the inner env's class path, the make options, frame shape,
+    actions, T, grayscale, the spec, the seed and counts, and a fingerprint of a short
+    fixed rollout, so a change to any of them builds a new set.
+    ``training_goals(n, rng)`` stays the default: final states of random episodes,
+    deterministic given ``rng``.
 
     Example, wrapping a tiny corridor env whose observation is already an image:
 
@@ -383,6 +449,13 @@ class GymGoalEnv(GoalEnv):
         frame_fn: Callable[[gym.Env, Any], np.ndarray] | None = None,
         max_episode_steps: int | None = None,
         grayscale: bool = False,
+        *,
+        name: str | None = None,
+        eval_goals: Sequence[Goal] | str | os.PathLike | None = None,
+        n_eval_goals: int = 30,
+        n_eval_candidates: int = 1000,
+        goal_seed: int = 0,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         if not isinstance(env.action_space, gym.spaces.Discrete):
             raise ValueError(f"GymGoalEnv needs a Discrete action space, got {env.action_space}")
@@ -397,6 +470,11 @@ class GymGoalEnv(GoalEnv):
                 )
         if int(max_episode_steps) < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"name must be a non-empty string or None, got {name!r}")
+        if int(n_eval_goals) < 1 or int(n_eval_candidates) < int(n_eval_goals):
+            raise ValueError(f"need 1 <= n_eval_goals <= n_eval_candidates, got n_eval_goals={n_eval_goals}, "
+                             f"n_eval_candidates={n_eval_candidates}")
         self.env = env
         self.features_fn = features_fn
         self.goal_spec = goal_spec
@@ -405,9 +483,15 @@ class GymGoalEnv(GoalEnv):
         self.max_episode_steps = int(max_episode_steps)
         self.action_space = env.action_space
         self.render_mode = getattr(env, "render_mode", None)
+        self.name = name
+        self.n_eval_goals = int(n_eval_goals)
+        self.n_eval_candidates = int(n_eval_candidates)
+        self.goal_seed = int(goal_seed)
+        self.goal_cache_dir = None if cache_dir is None else os.fspath(cache_dir)
         self._t = 0
         self._frame: np.ndarray | None = None
         self._features: np.ndarray | None = None
+        self._shape: tuple[int, ...] | None = None  # every frame's shape, once known
 
         space = env.observation_space
         if frame_fn is None and isinstance(space, gym.spaces.Box) and space.dtype == np.uint8:
@@ -417,15 +501,51 @@ class GymGoalEnv(GoalEnv):
         else:
             if frame_fn is None:
                 raise ValueError(
-                    f"the observation space {space} is not a uint8 image; pass frame_fn(env, obs) -> uint8 frame"
+                    f"the observation space {space} of {self._inner_name} is not a uint8 image; "
+                    "pass frame_fn(env, obs) -> uint8 frame"
                 )
             obs, _ = env.reset()
-            shape = self._frame_of(obs).shape
+            shape = self._frame_of(obs, "reset").shape
         if len(shape) not in (2, 3):
             raise ValueError(f"frames must be (H, W) or (H, W, C), got observation shape {shape}")
+        self._shape = tuple(shape)
         self.observation_space = gym.spaces.Box(0, 255, shape, np.uint8)
+        if eval_goals is not None:
+            self._evaluation_goals = self._given_goals(eval_goals)
 
-    def _frame_of(self, obs: Any) -> np.ndarray:
+    @property
+    def _inner_name(self) -> str:
+        return type(self.env.unwrapped).__name__
+
+    def _given_goals(self, goals) -> list[Goal]:
+        if isinstance(goals, (str, os.PathLike)):
+            from .goals import load_goals  # goals imports this module
+
+            goals, _ = load_goals(goals)
+        goals = list(goals)
+        if not goals:
+            raise ValueError(f"GymGoalEnv({self._inner_name}): eval_goals is empty")
+        for i, goal in enumerate(goals):
+            if not isinstance(goal, Goal):
+                raise TypeError(f"GymGoalEnv({self._inner_name}): eval_goals[{i}] is a {type(goal).__name__}, "
+                                "expected a Goal (e.g. env.current_goal())")
+            if goal.frame.shape != self._shape or goal.features.shape != (self.goal_spec.dim,):
+                raise ValueError(
+                    f"GymGoalEnv({self._inner_name}): eval_goals[{i}] has a frame of shape {goal.frame.shape} and "
+                    f"{goal.features.shape[0]} features; this env has frames of shape {self._shape} and "
+                    f"{self.goal_spec.dim} features")
+        return goals
+
+    def _frame_of(self, obs: Any, where: str) -> np.ndarray:
+        if self.frame_fn is None:
+            space = self.env.observation_space
+            if not isinstance(obs, np.ndarray) or obs.shape != space.shape or obs.dtype != space.dtype:
+                got = (f"an observation of shape {obs.shape} and dtype {obs.dtype}" if isinstance(obs, np.ndarray)
+                       else f"a {type(obs).__name__}, not a numpy array")
+                raise ValueError(
+                    f"{self._inner_name}.{where}() returned {got}, but {self._inner_name}.observation_space "
+                    f"declares shape {space.shape} and dtype {space.dtype}: return frames that match the "
+                    "declared space (or declare the space the frames have)")
         frame = self.frame_fn(self.env, obs) if self.frame_fn is not None else obs
         frame = np.asarray(frame)
         if frame.dtype != np.uint8 or frame.ndim not in (2, 3):
@@ -435,19 +555,34 @@ class GymGoalEnv(GoalEnv):
             )
         if self.grayscale:
             frame = _to_gray(frame)
+        if self._shape is not None and frame.shape != self._shape:
+            raise ValueError(
+                f"GymGoalEnv({self._inner_name}): frame_fn gave a frame of shape {frame.shape} after {where}(), "
+                f"but this env's frames have shape {self._shape} (the first frame's): every frame must have "
+                "the same shape")
         return frame
 
     def _features_now(self) -> np.ndarray:
         f = np.asarray(self.features_fn(self.env), dtype=np.float64).reshape(-1)
         if f.shape[0] != self.goal_spec.dim:
-            raise ValueError(f"features_fn returned {f.shape[0]} values, goal_spec has {self.goal_spec.dim}")
+            raise ValueError(f"GymGoalEnv({self._inner_name}): features_fn returned {f.shape[0]} values, "
+                             f"goal_spec has {self.goal_spec.dim} ({', '.join(self.goal_spec.names)})")
         return f
+
+    def goal_set_label(self) -> str:
+        inner = type(self.env.unwrapped)
+        return self.name or self.make_name or f"{inner.__module__}.{inner.__qualname__}"
+
+    def goal_set_key(self) -> dict:
+        inner = type(self.env.unwrapped)
+        return {**super().goal_set_key(), "inner": f"{inner.__module__}.{inner.__qualname__}",
+                "grayscale": self.grayscale}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         obs, info = self.env.reset(seed=seed, options=options)
         self._t = 0
-        self._frame = self._frame_of(obs)
+        self._frame = self._frame_of(obs, "reset")
         self._features = self._features_now()
         info = dict(info)
         info["features"] = self._features.copy()
@@ -458,7 +593,7 @@ class GymGoalEnv(GoalEnv):
             raise RuntimeError("call reset() before step()")
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._t += 1
-        self._frame = self._frame_of(obs)
+        self._frame = self._frame_of(obs, "step")
         self._features = self._features_now()
         info = dict(info)
         info["features"] = self._features.copy()

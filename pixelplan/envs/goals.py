@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,7 +15,8 @@ import numpy as np
 from .core import Goal, GoalSpec, as_rng
 
 __all__ = ["diverse_goals", "save_goals", "load_goals", "GoalSets", "estimate_ranges", "build_goal_sets",
-           "cached_goal_sets", "default_cache_dir", "FixedGoalSets"]
+           "pick_evaluation_goals", "distinct_goals", "cached_goal_sets", "default_cache_dir", "FixedGoalSets",
+           "automatic_evaluation_goals", "env_fingerprint"]
 
 
 def _nearest_excluding(points: np.ndarray, x: np.ndarray, skip: int) -> float:
@@ -163,13 +165,42 @@ def build_goal_sets(env, names: Sequence[str], seed: int = 0, n_evaluation: int 
     spec = estimate_ranges(env, range_rollouts, np.random.default_rng([seed, 0]), names, tolerance_fraction)
     rng = np.random.default_rng([seed, 1])
     training = [env.random_rollout(rng, capture_frame=True) for _ in range(n_training)]
-    rng = np.random.default_rng([seed, 2])
-    candidates = [env.random_rollout(rng, capture_frame=True) for _ in range(n_candidates)]
-    evaluation = diverse_goals(candidates, n_evaluation, spec, rng)
+    evaluation = pick_evaluation_goals(env, spec, seed, n_evaluation, n_candidates)
     meta = {"format": GOAL_SET_FORMAT, "seed": int(seed), "n_evaluation": int(n_evaluation),
             "n_training": int(n_training), "range_rollouts": int(range_rollouts),
             "n_candidates": int(n_candidates), "tolerance_fraction": float(tolerance_fraction)}
     return GoalSets(spec, evaluation, training, meta)
+
+
+def distinct_goals(goals: Sequence[Goal]) -> list[Goal]:
+    """The first goal of each distinct feature vector, in their order.
+
+    Success is judged on features alone, so two goals with equal features are one task;
+    a small env (a few states) would otherwise fill its evaluation set with repeats.
+    """
+    seen: set[bytes] = set()
+    out = []
+    for goal in goals:
+        key = goal.features.tobytes()
+        if key not in seen:
+            seen.add(key)
+            out.append(goal)
+    return out
+
+
+def pick_evaluation_goals(env, spec: GoalSpec, seed: int, n_evaluation: int, n_candidates: int,
+                          distinct: bool = False) -> list[Goal]:
+    """Evaluation goals: the greedy max-min pick (:func:`diverse_goals`) of ``n_evaluation``
+    from ``n_candidates`` random final states (stream ``[seed, 2]``).
+
+    With ``distinct=True`` candidates with equal features are dropped first, so an env with
+    fewer distinct reachable states than ``n_evaluation`` gets one goal per state found.
+    """
+    rng = np.random.default_rng([seed, 2])
+    candidates = [env.random_rollout(rng, capture_frame=True) for _ in range(n_candidates)]
+    if distinct:
+        candidates = distinct_goals(candidates)
+    return diverse_goals(candidates, min(n_evaluation, len(candidates)), spec, rng)
 
 
 def default_cache_dir() -> Path:
@@ -201,14 +232,23 @@ def cached_goal_sets(key: dict, build: Callable[[], GoalSets], cache_dir: str | 
         except (OSError, ValueError, KeyError):
             pass  # unreadable or stale: rebuild below
     sets = build()
+    if not sets.evaluation:
+        raise ValueError(f"goal sets for {key.get('env')!r} have no evaluation goal")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    frame_shape, dim = sets.evaluation[0].frame.shape, sets.spec.dim
+
+    def stack(goals: list, what: str, shape: tuple) -> np.ndarray:
+        # An empty set (envs whose training goals are not cached) is stored as a 0-row array.
+        arrays = [getattr(g, what) for g in goals]
+        return np.stack(arrays) if arrays else np.zeros((0, *shape), np.uint8 if what == "frame" else np.float64)
+
     np.savez_compressed(
         tmp, key=np.array(text), spec=np.array(json.dumps(sets.spec.to_dict())), meta=np.array(json.dumps(sets.meta)),
-        eval_frames=np.stack([g.frame for g in sets.evaluation]),
-        eval_features=np.stack([g.features for g in sets.evaluation]),
-        train_frames=np.stack([g.frame for g in sets.training]),
-        train_features=np.stack([g.features for g in sets.training]))
+        eval_frames=stack(sets.evaluation, "frame", frame_shape),
+        eval_features=stack(sets.evaluation, "features", (dim,)),
+        train_frames=stack(sets.training, "frame", frame_shape),
+        train_features=stack(sets.training, "features", (dim,)))
     os.replace(tmp, path)
     return sets, path
 
@@ -262,3 +302,69 @@ class FixedGoalSets:
             raise ValueError(f"{self.name} has {len(self.goal_sets.training)} cached training goals, asked for {n}; "
                              f"build more with the env option n_train_goals")
         return list(self.goal_sets.training[:n])
+
+
+# ------------------------------------------------------------- automatic evaluation sets
+#: agent steps of the fingerprint rollout (see env_fingerprint)
+FINGERPRINT_STEPS = 16
+
+
+def env_fingerprint(env, steps: int = FINGERPRINT_STEPS) -> str:
+    """A hash of what the env shows on one fixed rollout: ``reset(seed=0)``, then up to
+    ``steps`` actions drawn from ``default_rng(0)``; every frame, feature vector and ending.
+
+    Part of the cache key of an automatic evaluation set: an env's name, options and spec
+    do not change when its code does (new dynamics, another rendering), its fingerprint
+    does, and so a stale cached set is not served. Leaves the env mid-episode.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+
+    def add(goal: Goal) -> None:
+        digest.update(repr(goal.frame.shape).encode())
+        digest.update(goal.frame.tobytes())
+        digest.update(goal.features.tobytes())
+
+    env.reset(seed=0)
+    add(env.current_goal())
+    space = env.action_space
+    for action in np.random.default_rng(0).integers(space.n, size=steps):
+        _, _, terminated, truncated, _ = env.step(int(space.start) + int(action))
+        add(env.current_goal())
+        digest.update(bytes([bool(terminated), bool(truncated)]))
+        if terminated or truncated:
+            break
+    return digest.hexdigest()
+
+
+def automatic_evaluation_goals(env, key: dict, seed: int = 0, n_evaluation: int = 30, n_candidates: int = 1000,
+                               cache_dir: str | os.PathLike | None = None) -> tuple[list[Goal], Path]:
+    """The fixed evaluation set of an env that has no set of its own (the default of
+    :meth:`pixelplan.envs.core.GoalEnv.evaluation_goals`), built once and cached.
+
+    The DM Control / Atari recipe (:func:`pick_evaluation_goals`: greedy max-min from
+    ``n_candidates`` random final states, stream ``[seed, 2]``) with two differences: the
+    env's ``goal_spec`` is kept (no range estimate: an adapted env's ranges are its
+    author's), and candidates with equal features are dropped before the pick, so the set
+    holds ``min(n_evaluation, distinct states found)`` goals. ``key`` identifies the env
+    (:meth:`~pixelplan.envs.core.GoalEnv.goal_set_key`); the spec, seed, counts and
+    :func:`env_fingerprint` are added to it. Returns the goals and the cache file.
+    """
+    spec = env.goal_spec
+    fingerprint = env_fingerprint(env)
+    if env_fingerprint(env) != fingerprint:
+        warnings.warn(
+            f"env {key.get('env')!r} is not deterministic given its reset seed (two identical rollouts "
+            "differed), so its evaluation goals cannot be rebuilt from a seed and runs on it are not "
+            "reproducible: draw every random number from self.np_random, seeded by reset(seed=...)",
+            RuntimeWarning, stacklevel=3)
+    key = {**key, "spec": spec.to_dict(), "seed": int(seed), "n_eval": int(n_evaluation),
+           "n_candidates": int(n_candidates), "distinct": True, "fingerprint": fingerprint}
+
+    def build() -> GoalSets:
+        goals = pick_evaluation_goals(env, spec, int(seed), int(n_evaluation), int(n_candidates), distinct=True)
+        meta = {"format": GOAL_SET_FORMAT, "seed": int(seed), "n_evaluation": len(goals),
+                "n_candidates": int(n_candidates), "distinct": True}
+        return GoalSets(spec, goals, [], meta)
+
+    sets, path = cached_goal_sets(key, build, cache_dir)
+    return list(sets.evaluation), path

@@ -13,13 +13,27 @@ and a few envs per process.
 
 Both modes give identical results: every env is reset with an explicit seed, and its
 steps do not depend on which process runs it.
+
+User envs in workers. Workers are spawned fresh: they import pixelplan (so the built-in
+names and ``"package.module:factory"`` names work there as they do here) but not the
+program's own ``register()`` calls. A pickled :class:`EnvFactory` therefore carries the
+factory of a name the program registered, and the worker registers it before making the
+env; a module-level function or class pickles by reference and is re-imported in the
+worker. A factory that cannot travel (a lambda, a nested function, one defined under
+``if __name__ == "__main__":``) is detected when the pool starts: the pool then steps its
+envs in this process, with a one-line :class:`EnvWorkerWarning` saying how to get worker
+processes (register a module-level function, or name it ``module:function``). Results do
+not depend on the number of workers, so this changes speed only.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
+import signal
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -27,7 +41,11 @@ import numpy as np
 
 from .wrappers import FrameStack
 
-__all__ = ["EnvFactory", "EnvPool", "default_workers"]
+__all__ = ["EnvFactory", "EnvPool", "EnvWorkerWarning", "default_workers"]
+
+
+class EnvWorkerWarning(UserWarning):
+    """An env pool asked for worker processes steps its envs in this process instead."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +62,47 @@ class EnvFactory:
         env = make(self.name, **self.options)
         return FrameStack(env, self.frame_stack)
 
+    def __reduce__(self):
+        # Pickled (to start a worker) with the factory of a name the program registered
+        # itself, which the fresh worker process would not know.
+        from . import runtime_registration
+        return _rebuild_factory, (self.name, dict(self.options), self.frame_stack, runtime_registration(self.name))
+
+
+def _rebuild_factory(name: str, options: dict, frame_stack: int, registration) -> EnvFactory:
+    if registration is not None:
+        from . import adopt_registration
+        adopt_registration(*registration)
+    return EnvFactory(name, options, frame_stack)
+
+
+class _Unshippable(Exception):
+    """The env factory cannot be sent to a worker process."""
+
+
+#: pickled factories a worker could not unpickle, and why: later pools (a run makes two)
+#: step them here at once instead of spawning workers to find out again
+_UNSHIPPABLE: dict[bytes, str] = {}
+
+
+def _shippable_bytes(factory: Callable) -> bytes:
+    """``factory`` pickled for a spawned worker, or :class:`_Unshippable` saying why not."""
+    try:
+        return pickle.dumps(factory)
+    except Exception as exc:  # noqa: BLE001 - PicklingError, AttributeError, TypeError...
+        raise _Unshippable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+
+def _describe(factory: Callable) -> str:
+    if isinstance(factory, EnvFactory):
+        from . import runtime_registration
+        found = runtime_registration(factory.name)
+        if found is not None:
+            fn = found[1]
+            return f"env {factory.name!r} (factory {getattr(fn, '__qualname__', repr(fn))})"
+        return f"env {factory.name!r}"
+    return f"env factory {getattr(factory, '__qualname__', repr(factory))}"
+
 
 def default_workers(n_envs: int) -> int:
     """One worker per core, never more than envs."""
@@ -55,7 +114,17 @@ def _call_env(env, name: str, calls: list | None):
     return value if calls is None else [value(*args) for args in calls]
 
 
-def _worker(conn, factory: Callable, count: int) -> None:
+def _worker(conn, blob: bytes, count: int) -> None:
+    # Ctrl-C reaches every process of the terminal's group; the training process handles it
+    # (checkpoint, then exit) and closes its workers, which must not die under it meanwhile.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        # Unpickled here rather than by multiprocessing, so that a factory the worker cannot
+        # resolve (defined under the script's main guard, say) is reported, not a dead worker.
+        factory = pickle.loads(blob)
+    except Exception as exc:  # noqa: BLE001
+        conn.send(("unshippable", f"{type(exc).__name__}: {exc}"))
+        return
     try:
         envs = [factory() for _ in range(count)]
         conn.send(("ok", None))
@@ -92,7 +161,9 @@ class EnvPool:
     ``reset(rows, seeds)`` and ``step(rows, actions)`` act on the given rows only and
     return their results in the same order. ``workers=0`` keeps the envs in this process;
     otherwise rows are split into ``workers`` contiguous blocks, one process each (started
-    with ``spawn``, so ``factory`` must be picklable: use :class:`EnvFactory`).
+    with ``spawn``, so ``factory`` must be picklable: use :class:`EnvFactory`). A factory
+    that cannot reach the workers makes the pool step its envs here, with an
+    :class:`EnvWorkerWarning` (see the module docstring).
     """
 
     def __init__(self, factory: Callable, n: int, workers: int = 0):
@@ -105,16 +176,31 @@ class EnvPool:
         self._envs: list = []
         self._conns: list = []
         self._procs: list = []
+        if self.workers:
+            try:
+                self._start_workers(factory)
+            except _Unshippable as exc:
+                self.close()
+                warnings.warn(f"{_describe(factory)} cannot be sent to env worker processes ({exc}), so its "
+                              "envs run in this process; to use workers, register a module-level "
+                              "function or class, or name the env module.path:function", EnvWorkerWarning)
+                # (stacklevel 1 and no pool size in the text: Python's default filter then shows
+                # it once per env and process, not once for each of a run's pools)
+                self.workers = 0
         if self.workers == 0:
             self._envs = [factory() for _ in range(self.n)]
-            return
+
+    def _start_workers(self, factory: Callable) -> None:
+        blob = _shippable_bytes(factory)
+        if blob in _UNSHIPPABLE:
+            raise _Unshippable(_UNSHIPPABLE[blob])
         sizes = [self.n // self.workers + (w < self.n % self.workers) for w in range(self.workers)]
         self._owner = np.repeat(np.arange(self.workers), sizes)
         self._local = np.concatenate([np.arange(s) for s in sizes])
         ctx = mp.get_context("spawn")  # fork would copy torch's threads and any GL context
         for size in sizes:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, factory, size), daemon=True)
+            proc = ctx.Process(target=_worker, args=(child, blob, size), daemon=True)
             proc.start()
             child.close()
             self._conns.append(parent)
@@ -122,6 +208,10 @@ class EnvPool:
         try:
             for conn in self._conns:
                 self._receive(conn)
+        except _Unshippable as exc:
+            _UNSHIPPABLE[blob] = str(exc)
+            self.close()
+            raise
         except BaseException:
             self.close()
             raise
@@ -191,6 +281,8 @@ class EnvPool:
             status, value = conn.recv()
         except EOFError as exc:
             raise RuntimeError("an env worker process died (out of memory, or killed?)") from exc
+        if status == "unshippable":
+            raise _Unshippable(value)
         if status != "ok":
             raise RuntimeError(f"an env worker process failed:\n{value}")
         return value

@@ -10,8 +10,10 @@ leaves finished ones as they are (``train`` resumes from a run's checkpoint), th
 the table again.
 
 With ``parallel`` > 1, that many runs go at once, each with ``cores // parallel`` torch
-threads so they do not fight over cores. A run that fails does not stop the others; its
-log (``<run dir>.log``) holds the error, and the sweep's exit status says it failed.
+threads so they do not fight over cores. A run that fails does not stop the others; the
+sweep prints the run's error (the ``pixelplan train: error:`` line, or the last line of its
+traceback) where it reports the failure, its log (``<run dir>.log``) holds the whole output,
+and the sweep's exit status says it failed.
 """
 
 from __future__ import annotations
@@ -65,6 +67,23 @@ def plan_jobs(agents: list[str], envs: list[str], seeds: list[int], out, label_s
     return jobs
 
 
+def failure_reason(logfile, start: int = 0) -> str:
+    """The line that says why a run failed, from its log's output after byte ``start``: the
+    last ``pixelplan <command>: error:`` line, else the last line (a traceback's exception),
+    else a note that the run printed nothing."""
+    try:
+        with open(logfile, "rb") as f:
+            f.seek(start)
+            text = f.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return f"(cannot read {logfile}: {exc})"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]  # splits at "\r" too (tqdm)
+    for line in reversed(lines):
+        if line.startswith("pixelplan ") and ": error:" in line:
+            return line
+    return lines[-1] if lines else "(the run printed nothing)"
+
+
 def run_sweep(jobs: list[SweepJob], extra: list[str], parallel: int = 1, log=print) -> list[SweepJob]:
     """Run every job (``parallel`` at a time); returns the jobs that failed."""
     if parallel < 1:
@@ -78,10 +97,12 @@ def run_sweep(jobs: list[SweepJob], extra: list[str], parallel: int = 1, log=pri
         started = time.perf_counter()
         log(f"[sweep] start {job.out.name}")
         with open(logfile, "a") as f:
+            start = f.tell()  # the log is appended to by every attempt; this one's output starts here
             code = subprocess.run(job.command(threads, extra), stdout=f, stderr=subprocess.STDOUT).returncode
         status = "done" if code == 0 else f"FAILED (exit {code}, see {logfile})"
         log(f"[sweep] {status} {job.out.name} in {time.perf_counter() - started:.0f} s")
         if code != 0:
+            log(f"[sweep]   {job.out.name}: {failure_reason(logfile, start)}")
             failed.append(job)
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
