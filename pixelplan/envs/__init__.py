@@ -9,7 +9,7 @@
 Names are plain (``"gridworld"``) or use a ``"prefix:rest"`` form
 (``"dmc:cartpole-balance"``): ``register("dmc:", factory)`` registers a
 prefix handler called as ``factory(rest, **kwargs)``. Built in: ``gridworld``,
-``gridworld-fourrooms``, ``dmc:<domain>-<task>`` (any dm_control suite task;
+``gridworld-fourrooms``, ``gridworld-maze9``, ``dmc:<domain>-<task>`` (any dm_control suite task;
 see :mod:`pixelplan.envs.dmc`) and ``atari:<game>`` (the GLAMOR paper's 14 games; see
 :mod:`pixelplan.envs.atari`).
 
@@ -252,10 +252,19 @@ def _gridworld_fourrooms(
     )
 
 
-register("gridworld", GridWorld)
-register("dmc:", make_dmc)
-register("atari:", make_atari)
-register("gridworld-fourrooms", _gridworld_fourrooms)
-_BUILTIN.update((n, id(f)) for n, f in
-                [("gridworld", GridWorld), ("dmc:", make_dmc), ("atari:", make_atari),
-                 ("gridworld-fourrooms", _gridworld_fourrooms)])
+def _gridworld_maze9(
+    start: str = "centre",
+    max_episode_steps: int | None = None,
+    cell_px: int = 3,
+    render_mode: str | None = None,
+) -> GridWorld:
+    """pixelplan's 9x9 maze: corridors, dead ends, shortest paths up to 16 steps (T = 32)."""
+    return GridWorld(
+        layout="maze9", start=start, max_episode_steps=max_episode_steps, cell_px=cell_px, render_mode=render_mode
+    )
+
+
+for _name, _factory in (("gridworld", GridWorld), ("dmc:", make_dmc), ("atari:", make_atari),
+                        ("gridworld-fourrooms", _gridworld_fourrooms), ("gridworld-maze9", _gridworld_maze9)):
+    register(_name, _factory)
+    _BUILTIN.add((_name, id(_factory)))
