@@ -168,7 +168,8 @@ def _eval(args: list[str]) -> int:
                "trials": getattr(agent.cfg, "eval_trials", None) or getattr(agent.cfg, "trials", None),
                **result.metrics()}
     name = f"eval-trials{metrics['trials']}"
-    Path(opts.run, f"{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    from pixelplan.runs.rundir import write_text_atomically
+    write_text_atomically(Path(opts.run, f"{name}.json"), json.dumps(metrics, indent=2) + "\n", what="evaluation")
     plots.goal_strip(result.goal_frames, result.final_frames, result.success, Path(opts.run, f"{name}.png"))
     print(json.dumps(metrics))
     return 0
