@@ -310,3 +310,23 @@ def test_random_agent_runs_without_a_replay(tmp_path):
     last_train = [r for r in read_metrics(tmp_path / "random") if r["kind"] == "train"][-1]
     assert last_train["replay_frames"] == 0
     assert 0 <= summary["success_rate"] <= 1
+
+
+# ------------------------------------------------------------------- presets
+@pytest.mark.parametrize("env,expected", [
+    ("gridworld", "gridworld"), ("gridworld-maze9", "gridworld"), ("examples.slider:make_env", "gridworld"),
+    ("my-registered-env", "gridworld"), ("dmc:cartpole-balance", "paper"), ("atari:pong", "paper"),
+])
+def test_auto_preset_gives_the_paper_preset_to_the_paper_suites_only(env, expected):
+    cfg = config_lib.preset("auto", env)
+    assert cfg.preset == expected
+    assert (cfg.min_steps_learn, cfg.glamor.self_goal_prob) == ((50_000, 0.0) if expected == "paper" else (1_000, 0.1))
+
+
+def test_a_run_that_cannot_learn_says_so(tmp_path):
+    cfg = small_run_config(tmp_path / "run", min_steps_learn=10 * ROUND, steps=2 * ROUND)
+    with pytest.warns(UserWarning) as caught:
+        summary = train(cfg)
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "learning starts after min_steps_learn" in messages and "made no update" in messages
+    assert summary["updates"] == 0
