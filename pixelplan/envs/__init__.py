@@ -240,28 +240,20 @@ def make(name: str, **kwargs: Any) -> GoalEnv:
     return env
 
 
-def _gridworld_fourrooms(
-    start: str = "centre",
-    max_episode_steps: int | None = None,
-    cell_px: int = 3,
-    render_mode: str | None = None,
-) -> GridWorld:
-    """Sutton et al.'s four rooms (11x11 interior, 13x13 with the border)."""
-    return GridWorld(
-        layout="fourrooms", start=start, max_episode_steps=max_episode_steps, cell_px=cell_px, render_mode=render_mode
-    )
+def _layout_factory(layout: str, doc: str) -> Callable[..., GridWorld]:
+    """``make`` factory of a grid world with a builtin layout (its options: start, T, pixels)."""
+    def factory(start: str = "centre", max_episode_steps: int | None = None, cell_px: int = 3,
+                render_mode: str | None = None) -> GridWorld:
+        return GridWorld(layout=layout, start=start, max_episode_steps=max_episode_steps, cell_px=cell_px,
+                         render_mode=render_mode)
+    factory.__doc__ = doc
+    factory.__name__ = factory.__qualname__ = f"gridworld_{layout}"
+    return factory
 
 
-def _gridworld_maze9(
-    start: str = "centre",
-    max_episode_steps: int | None = None,
-    cell_px: int = 3,
-    render_mode: str | None = None,
-) -> GridWorld:
-    """pixelplan's 9x9 maze: corridors, dead ends, shortest paths up to 16 steps (T = 32)."""
-    return GridWorld(
-        layout="maze9", start=start, max_episode_steps=max_episode_steps, cell_px=cell_px, render_mode=render_mode
-    )
+_gridworld_fourrooms = _layout_factory("fourrooms", "Sutton et al.'s four rooms (11x11 interior, 13x13 with the border).")
+_gridworld_maze9 = _layout_factory("maze9", "pixelplan's 9x9 maze: corridors, dead ends, shortest paths up to 16 "
+                                            "steps (T = 32).")
 
 
 for _name, _factory in (("gridworld", GridWorld), ("dmc:", make_dmc), ("atari:", make_atari),
