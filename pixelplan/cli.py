@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"pixelplan {command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # train turns the first Ctrl-C into a checkpoint and a clean exit; this is a second
+        # one (or Ctrl-C in another command): stop at once, without a traceback.
+        print(f"pixelplan {command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:  # noqa: BLE001 - only our own run failures get one line; the rest re-raise
         from pixelplan.runs.rundir import DiskFull
         from pixelplan.runs.train import RunInterrupted
