@@ -23,6 +23,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import warnings
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -153,10 +154,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None],
             f.flush()
             os.fsync(f.fileno())
         if keep_previous and path.exists():
-            prev = previous_path(path)
-            staged = prev.with_name(f"{TMP_PREFIX}{prev.name}.{os.getpid()}.{secrets.token_hex(4)}")
-            os.link(path, staged)
-            os.replace(staged, prev)
+            _keep_as_previous(path)
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException as exc:
@@ -168,6 +166,22 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None],
             kept = f"the previous {what} is intact; " if path.exists() else ""
             raise disk_full_error(path, what, need_bytes, kept) from exc
         raise
+
+
+def _keep_as_previous(path: Path) -> None:
+    """Hard-link ``path`` as its ``.prev`` fallback; where the filesystem has no hard links,
+    go without the fallback (with a warning) rather than fail the write."""
+    prev = previous_path(path)
+    staged = prev.with_name(f"{TMP_PREFIX}{prev.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        os.link(path, staged)
+    except OSError as exc:
+        if _is_disk_full(exc):
+            raise
+        warnings.warn(f"cannot keep {path.name} as {prev.name} ({exc.strerror}): this filesystem has no hard "
+                      f"links; running without the fallback checkpoint", stacklevel=3)
+        return
+    os.replace(staged, prev)
 
 
 def write_text_atomically(path: str | os.PathLike, text: str, what: str = "file") -> None:
