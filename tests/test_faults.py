@@ -102,26 +102,16 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, 
     assert_same_run(out, uninterrupted)
 
 
-def test_kill_during_the_metrics_rewrite_at_resume_loses_nothing(tmp_path, uninterrupted):
+@pytest.mark.parametrize("what, name", [("metrics file", "metrics.jsonl"), ("config", "config.json")])
+def test_kill_during_a_write_at_resume_leaves_the_old_file_whole(tmp_path, uninterrupted, what, name):
+    """The metrics rewrite and the config write of a resuming run, killed halfway."""
     out = tmp_path / "run"
     assert run_with_fault("kill-round", 4, out).returncode == -signal.SIGKILL   # checkpoint at 2 rounds
-    before = (out / "metrics.jsonl").read_bytes()
+    before = (out / name).read_bytes()
     assert max(r["step"] for r in read_metrics(out)) == 3 * ROUND
-    killed = run_with_fault("kill-write:metrics file", 1, out)
+    killed = run_with_fault(f"kill-write:{what}", 1, out)
     assert killed.returncode == -signal.SIGKILL
-    assert (out / "metrics.jsonl").read_bytes() == before          # the old file, whole
-    resumed = run_with_fault("none", 0, out)
-    assert resumed.returncode == 0, resumed.stderr
-    assert_same_run(out, uninterrupted)
-
-
-def test_kill_during_the_config_write_leaves_a_resumable_run(tmp_path, uninterrupted):
-    out = tmp_path / "run"
-    assert run_with_fault("kill-round", 4, out).returncode == -signal.SIGKILL
-    config = (out / "config.json").read_bytes()
-    killed = run_with_fault("kill-write:config", 1, out)
-    assert killed.returncode == -signal.SIGKILL
-    assert (out / "config.json").read_bytes() == config
+    assert (out / name).read_bytes() == before          # the old file, whole
     resumed = run_with_fault("none", 0, out)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(out, uninterrupted)
