@@ -55,3 +55,28 @@ def test_throughput_quick(tmp_path):
     assert all(row["pool"] > 0 and row["in_process"] > 0 for row in atari.values())
     train_run = _last_json(proc.stdout)["glamor_atari_train"]
     assert train_run["steps"] >= 300 and train_run["updates"] > 0 and train_run["wall_seconds_per_100k"] > 0
+
+
+def test_grid_diagnostics_on_a_saved_run(tmp_path):
+    cfg = config_lib.preset("debug")
+    cfg.out, cfg.progress, cfg.steps, cfg.threads = str(tmp_path / "run"), False, 200, 1
+    train(cfg)
+    evaluated = subprocess.run([sys.executable, "-m", "pixelplan", "eval", "--run", cfg.out],
+                               capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    evaluated = _last_json(evaluated.stdout)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "grid_diagnostics.py"), "--run", cfg.out,
+                           "--gammas", "0.3", "--trials", "2"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = _last_json(proc.stdout)
+    rows = result["by_distance"]
+    # Every cell of the 7x7 grid is a goal once, and the buckets add up to `pixelplan eval`'s
+    # figures for the same checkpoint (both start from its saved planner RNG).
+    assert sum(r["goals"] for r in rows) == 49
+    for key, metric in (("success", "success_rate"), ("optimal", "optimal_rate")):
+        assert abs(sum(r[key] * r["goals"] for r in rows) / 49 - evaluated[metric]) < 1e-9
+    assert all(r["fail_end"] + r["fail_time"] == round(r["goals"] * (1 - r["success"])) for r in rows)
+    # The debug run's episodes all start at the centre and take up to T = 12 steps.
+    assert [c["third"] for c in result["coverage"]] == ["oldest", "middle", "newest"]
+    assert all(0 <= c["mean"] <= 12 for c in result["coverage"])
+    assert [(p["gamma"], p["trials"]) for p in result["planner"]] == [(0.3, 2)]
