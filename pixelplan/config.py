@@ -235,10 +235,9 @@ def from_dict(data: dict[str, Any]) -> Config:
     return Config(**data, **sections)
 
 
-def save(cfg: Config, path) -> None:
-    """Write ``config.json`` atomically (a kill mid-write leaves the old file or the new one)."""
-    from pixelplan.runs.rundir import write_text_atomically
-    write_text_atomically(path, json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n", what="config")
+def dumps(cfg: Config) -> str:
+    """The text of a ``config.json`` (the run drivers write it atomically, runs/rundir.py)."""
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n"
 
 
 class ConfigFileError(ValueError):

@@ -206,6 +206,30 @@ class ReplayBuffer:
             out.append((self._frames[slots], self._actions[slots[:-1]]))
         return out
 
+    def episode_slots(self) -> np.ndarray:
+        """Retained episodes, oldest first, as an int64 array of (start slot, frames) rows."""
+        return np.array([(s, n) for _, s, n in self._episodes], dtype=np.int64).reshape(-1, 2)
+
+    def frames_at(self, slots: np.ndarray) -> np.ndarray:
+        """The frames in ``slots`` (any shape of valid slots), a copy."""
+        return self._frames[np.asarray(slots, dtype=np.int64)]
+
+    def actions_at(self, slots: np.ndarray) -> np.ndarray:
+        """The action taken at each slot's frame (``PAD`` at an episode's final frame)."""
+        return self._actions[np.asarray(slots, dtype=np.int64)]
+
+    def positions(self, slots: np.ndarray) -> np.ndarray:
+        """Each slot's position within its episode (0 = the first observation)."""
+        return self._pos[np.asarray(slots, dtype=np.int64)]
+
+    def stacks_at(self, slots: np.ndarray, step: int = 0) -> np.ndarray:
+        """Frame stacks ending ``step`` steps after each slot's frame (clamped to its episode's
+        last frame), the episode's first frame repeated before it."""
+        slots = np.asarray(slots, dtype=np.int64).reshape(-1)
+        pos = self._pos[slots]
+        target = np.minimum(pos + int(step), self._ep_len[slots] - 1)
+        return self._stacks(slots - pos, target)
+
     def steps_left(self, slots: np.ndarray) -> np.ndarray:
         """Number of actions remaining in the episode after each (valid) slot."""
         slots = np.asarray(slots, dtype=np.int64)

@@ -172,7 +172,7 @@ def _train_locked(cfg, out, ckpt_path, started, factory, probe, spec, agent, lea
     if resuming:
         state = _load_checkpoint(payload, ckpt_path, cfg, spec, agent, replay, rng)
         del payload
-    config_lib.save(cfg, out / "config.json")
+    write_text_atomically(out / "config.json", config_lib.dumps(cfg), what="config")
     log = MetricsLog(out, resume_step=state.env_steps if resuming else None)
     wall_before = state.wall_seconds
 

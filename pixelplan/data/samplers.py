@@ -1,0 +1,210 @@
+"""Samplers: separate objects that draw training batches from an episode store (numpy only).
+
+The store (:class:`~pixelplan.data.replay.ReplayBuffer`) keeps each frame once and knows its
+episodes; a sampler decides what a training example is. Three kinds, one per family of
+methods in ARCHITECTURE.md:
+
+* :class:`HindsightSampler` (GLAMOR, GCSL, DISCERN): a start frame stack, the frame k steps
+  later as the goal, and the k actions between. It is the store's own ``sample``, so it draws
+  exactly the samples it always drew for the same seed.
+* :class:`SequenceSampler` (PlaNet, video models): windows of ``length`` consecutive frames of
+  one episode and the ``length - 1`` actions between them, uniform over every such window in
+  the store (PlaNet trains on 50 chunks of 50 steps).
+* :class:`GoalPairSampler` (MBOLD's dynamical distance): a start stack, the action taken there,
+  the next stack, and a goal frame ``offset`` steps ahead in the same episode, the offset drawn
+  from a *future-offset law* (``uniform`` on 1..max_offset, or ``geometric`` with success
+  probability p, MBOLD's choice for its distance learning), truncated to the steps the episode
+  has left. A ``negative_prob`` fraction of rows gets a goal from anywhere in the store
+  instead (``negative`` True, ``offset`` -1): the negatives a distance function needs.
+
+Each sampler states the unit its batch counts (``samples_per_batch``), so that a driver's
+replay ratio can say exactly what it counts. Each is tested against a naive reference across
+the ring's wrap (tests/test_samplers.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+from .replay import HindsightBatch, ReplayBuffer
+
+__all__ = ["HindsightSampler", "SequenceSampler", "SequenceBatch", "GoalPairSampler", "GoalPairBatch",
+           "offset_probabilities"]
+
+OffsetLaw = Literal["uniform", "geometric"]
+
+
+@dataclass(frozen=True)
+class HindsightSampler:
+    """Hindsight tuples (paper: GLAMOR 3.5): start uniform over stored frames, k uniform in
+    1..max_k clipped to the steps left (k = 0 at an episode's final frame)."""
+
+    batch_size: int
+    max_k: int
+    with_next: bool = False
+
+    @property
+    def samples_per_batch(self) -> int:
+        return self.batch_size
+
+    def sample(self, store: ReplayBuffer, rng: np.random.Generator) -> HindsightBatch:
+        return store.sample(self.batch_size, self.max_k, rng, with_next=self.with_next)
+
+
+class SequenceBatch(NamedTuple):
+    """Windows of consecutive steps of one episode each.
+
+    frames:  uint8 (B, length, *frame_shape), oldest first.
+    actions: int64 (B, length - 1); ``actions[:, i]`` was taken at ``frames[:, i]``.
+    start:   int64 (B,), ring slot of each window's first frame.
+    first:   bool (B,), whether the window starts at its episode's first frame (a state
+             model resets its belief there).
+    """
+
+    frames: np.ndarray
+    actions: np.ndarray
+    start: np.ndarray
+    first: np.ndarray
+
+
+@dataclass(frozen=True)
+class SequenceSampler:
+    """``batch_size`` windows of ``length`` frames, uniform over all windows in the store."""
+
+    batch_size: int
+    length: int
+
+    def __post_init__(self):
+        _positive(batch_size=self.batch_size)
+        if self.length < 2:
+            raise ValueError(f"a sequence window needs length >= 2 (frames), got {self.length}")
+
+    @property
+    def samples_per_batch(self) -> int:
+        """Steps per batch: each window holds ``length - 1`` transitions."""
+        return self.batch_size * (self.length - 1)
+
+    def sample(self, store: ReplayBuffer, rng: np.random.Generator) -> SequenceBatch:
+        episodes = store.episode_slots()                      # (E, 2): start slot, frames
+        windows = np.maximum(episodes[:, 1] - self.length + 1, 0)
+        total = int(windows.sum())
+        if total == 0:
+            longest = int(episodes[:, 1].max()) if len(episodes) else 0
+            raise ValueError(f"no stored episode has {self.length} frames for a sequence window "
+                             f"(longest: {longest}); collect longer episodes or lower the length")
+        pick = rng.integers(0, total, size=self.batch_size)
+        ends = np.cumsum(windows)
+        ep = np.searchsorted(ends, pick, side="right")
+        offset = pick - (ends[ep] - windows[ep])
+        starts = (episodes[ep, 0] + offset) % store.capacity
+        return self.gather(store, starts)
+
+    def gather(self, store: ReplayBuffer, starts: np.ndarray) -> SequenceBatch:
+        """The windows starting at ``starts`` (valid slots with ``length - 1`` steps left)."""
+        starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+        if np.any(store.steps_left(starts) < self.length - 1):
+            raise ValueError(f"every window start needs {self.length - 1} steps left in its episode")
+        slots = (starts[:, None] + np.arange(self.length)) % store.capacity
+        frames, actions = store.frames_at(slots), store.actions_at(slots[:, :-1])
+        return SequenceBatch(frames=frames, actions=actions, start=starts,
+                             first=store.positions(starts) == 0)
+
+
+class GoalPairBatch(NamedTuple):
+    """(state, action, next state, goal) rows for learning a goal-conditioned distance.
+
+    state, next_state: uint8 (B, frame_stack, *frame_shape).
+    action:  int64 (B,), taken at the state's last frame.
+    goal:    uint8 (B, *frame_shape).
+    offset:  int64 (B,), steps from the state's last frame to the goal (>= 1), or -1 for a
+             negative (a goal from anywhere in the store).
+    negative: bool (B,).
+    start:   int64 (B,), ring slot of the state's last frame.
+    """
+
+    state: np.ndarray
+    action: np.ndarray
+    next_state: np.ndarray
+    goal: np.ndarray
+    offset: np.ndarray
+    negative: np.ndarray
+    start: np.ndarray
+
+
+@dataclass(frozen=True)
+class GoalPairSampler:
+    """Start uniform over frames with at least one step after them; goal ``offset`` steps later,
+    the offset drawn from ``law`` truncated to the steps the episode has left."""
+
+    batch_size: int
+    law: OffsetLaw = "geometric"
+    p: float = 0.3
+    """success probability of the geometric law (mean offset 1/p before truncation)"""
+    max_offset: int | None = None
+    """largest offset (both laws); None = no limit but the episode's end"""
+    negative_prob: float = 0.0
+
+    def __post_init__(self):
+        _positive(batch_size=self.batch_size)
+        if self.law not in ("uniform", "geometric"):
+            raise ValueError(f"offset law must be 'uniform' or 'geometric', got {self.law!r}")
+        if self.law == "geometric" and not 0 < self.p <= 1:
+            raise ValueError(f"the geometric law's p must be in (0, 1], got {self.p}")
+        if self.law == "uniform" and self.max_offset is None:
+            raise ValueError("the uniform offset law needs max_offset")
+        if self.max_offset is not None and self.max_offset < 1:
+            raise ValueError(f"max_offset must be >= 1, got {self.max_offset}")
+        if not 0 <= self.negative_prob <= 1:
+            raise ValueError(f"negative_prob must be in [0, 1], got {self.negative_prob}")
+
+    @property
+    def samples_per_batch(self) -> int:
+        return self.batch_size
+
+    def sample(self, store: ReplayBuffer, rng: np.random.Generator) -> GoalPairBatch:
+        slots = store.valid_indices()
+        starts = slots[store.steps_left(slots) > 0]
+        if len(starts) == 0:
+            raise ValueError("cannot sample goal pairs: no stored episode has a step")
+        starts = starts[rng.integers(0, len(starts), size=self.batch_size)]
+        limit = store.steps_left(starts)
+        if self.max_offset is not None:
+            limit = np.minimum(limit, self.max_offset)
+        offset = self.draw_offsets(limit, rng)
+        negative = rng.random(self.batch_size) < self.negative_prob
+        anywhere = slots[rng.integers(0, len(slots), size=self.batch_size)]
+        goal_slots = np.where(negative, anywhere, (starts + offset) % store.capacity)
+        state, next_state = store.stacks_at(starts), store.stacks_at(starts, step=1)
+        return GoalPairBatch(state=state, action=store.actions_at(starts), next_state=next_state,
+                             goal=store.frames_at(goal_slots), offset=np.where(negative, -1, offset),
+                             negative=negative, start=starts)
+
+    def draw_offsets(self, limit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Offsets in 1..limit[i], each from the law truncated to that range (inverse CDF)."""
+        limit = np.asarray(limit, dtype=np.int64)
+        u = rng.random(limit.shape)
+        if self.law == "uniform":
+            return 1 + np.minimum((u * limit).astype(np.int64), limit - 1)
+        if self.p == 1.0:
+            return np.ones_like(limit)
+        q = 1.0 - self.p
+        # P(k <= x | k <= m) = (1 - q^x) / (1 - q^m)  =>  k = ceil(log(1 - u (1 - q^m)) / log q)
+        k = np.ceil(np.log1p(-u * (1.0 - q ** limit)) / math.log(q)).astype(np.int64)
+        return np.clip(k, 1, limit)
+
+
+def offset_probabilities(law: OffsetLaw, limit: int, p: float = 0.3) -> np.ndarray:
+    """P(offset = 1..limit) under ``law`` truncated to 1..limit (the reference for tests)."""
+    k = np.arange(1, limit + 1)
+    w = np.ones(limit) if law == "uniform" else p * (1 - p) ** (k - 1)
+    return w / w.sum()
+
+
+def _positive(**values) -> None:
+    for name, v in values.items():
+        if int(v) < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
