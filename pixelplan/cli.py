@@ -1,7 +1,7 @@
 """Command line: ``pixelplan train``, ``pixelplan eval`` and ``pixelplan table``.
 
-    pixelplan train [--preset auto|paper|gridworld|debug] [--env NAME] [--agent NAME]
-                    [--steps N] [--seed S] [--out DIR] [--glamor.trials 100] ...
+    pixelplan train [--preset [auto|paper|gridworld] [debug]] [--env NAME] [--agent NAME]
+                    [--steps N] [--seed S] [--out DIR] [--glamor.trials 100] [--shared.lr 1e-3] ...
     pixelplan eval --run DIR [--trials N] [--episodes N]
     pixelplan table RUN_DIR... [--out DIR] [--reference FILE.json]
     pixelplan sweep --agents A... --envs E... --seeds S... --out DIR [--parallel N]
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 USAGE = """usage: pixelplan {train,eval,table,sweep,goals} ...
@@ -93,9 +94,10 @@ def _train(args: list[str]) -> int:
     from pixelplan import config as config_lib
 
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", default="auto")
+    pre.add_argument("--preset", nargs="+", default=["auto"])
     pre.add_argument("--env", default="gridworld")
     known, rest = pre.parse_known_args(args)
+    rest = _moved_flags(rest)
     base = config_lib.preset(known.preset, known.env)
     cfg = tyro.cli(config_lib.Config, default=base, args=rest + ["--env", known.env],
                    prog="pixelplan train", description="Train an agent; re-run on the same --out to resume.")
@@ -105,6 +107,22 @@ def _train(args: list[str]) -> int:
     summary = train(cfg)
     print(json.dumps(summary))
     return 0
+
+
+def _moved_flags(args: list[str]) -> list[str]:
+    """``--glamor.<field>`` for a field that moved to the ``shared`` section becomes
+    ``--shared.<field>``, with a warning, so that older commands keep working."""
+    from pixelplan.config import SHARED_FIELDS
+
+    out = []
+    for arg in args:
+        flag, eq, value = arg.partition("=")
+        if flag.startswith("--glamor.") and flag[len("--glamor."):].replace("-", "_") in SHARED_FIELDS:
+            new = "--shared." + flag[len("--glamor."):]
+            warnings.warn(f"{flag} is now {new} (GLAMOR, GCSL and DISCERN share it); using {new}", stacklevel=2)
+            arg = new + eq + value
+        out.append(arg)
+    return out
 
 
 def _goals(args: list[str]) -> int:
@@ -205,7 +223,7 @@ def _sweep(args: list[str]) -> int:
         prog="pixelplan sweep",
         description="Train agents x envs x seeds with pixelplan train (one process per run, re-run to "
                     "resume), then write the results table and learning curves. Flags after -- go to "
-                    "every run, e.g. -- --steps 30000 --glamor.collect random.")
+                    "every run, e.g. -- --steps 30000 --shared.collect random.")
     parser.add_argument("--agents", nargs="+", default=["glamor", "gcsl", "discern", "random"])
     parser.add_argument("--envs", nargs="+", default=["gridworld"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

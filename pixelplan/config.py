@@ -2,24 +2,27 @@
 
 ``Config`` is the whole run: the environment, the agent's hyperparameters (one section
 per agent), the budget and the bookkeeping. Every leaf can be overridden on the command
-line (``pixelplan train --glamor.lr 1e-3``); the resolved config is saved to the run
+line (``pixelplan train --shared.lr 1e-3``); the resolved config is saved to the run
 directory as ``config.json``.
 
-Defaults of ``GlamorConfig`` are the GLAMOR paper's Figure 5 values (the big suites).
+Sections: the run settings at the top level (env, budget, data, bookkeeping); ``shared``,
+what GLAMOR, GCSL and DISCERN share (the GLAMOR paper fixes the encoder and training
+hyperparameters between GLAMOR and its baselines, so that a comparison changes one thing,
+the algorithm): encoder and sizes, optimiser, batch, K, collection and its epsilon schedule;
+then one section per agent with only what is that agent's own (``glamor``, ``gcsl``,
+``discern``). Defaults are the GLAMOR paper's Figure 5 values (the big suites). Resuming
+compares the run settings, ``shared`` and the trained agent's own section, nothing else, so
+``--glamor.trials`` does not stop a GCSL run from resuming. Runs saved before ``shared``
+existed (its values then lived in ``glamor``) load and resume unchanged.
 
-Shared hyperparameters: the GLAMOR paper fixes the encoder and training hyperparameters
-between GLAMOR and GCSL (and uses the same encoder for DISCERN), so that a comparison
-changes one thing, the algorithm. Here that is structural: the baselines read the shared
-values (``encoder``, ``state_size``, ``mix_hidden``, ``lr``, ``weight_decay``,
-``grad_clip``, ``batch_size``, ``max_k``, the epsilon schedule and ``collect``) from the
-``glamor`` section, and their own sections (``gcsl``, ``discern``) hold only what is theirs.
-So ``--glamor.lr 1e-3`` changes the learning rate of whichever agent is trained.
-Presets:
+Presets compose: one base, then overlays (``--preset paper debug``); without a base,
+``auto`` is the base. Bases:
 
 * ``paper``: Figure 5 as is, for DM Control and Atari.
 * ``gridworld``: the built-in grid world; tuned to learn in a few minutes on a laptop CPU
   (see docs/glamor.md for each value and why).
-* ``debug``: the grid world with a tiny budget, to run every code path in seconds.
+* ``debug`` (an overlay): a tiny budget and tiny nets, to run every code path in seconds;
+  ``--preset debug`` alone shrinks the ``auto`` base (the grid preset, for grid worlds).
 
 ``--preset auto`` (the default) picks ``paper`` for the paper's suites (``dmc:*`` and
 ``atari:*``, whose budgets are hundreds of thousands of steps) and ``gridworld`` for every
@@ -33,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 PRESETS = ("auto", "paper", "gridworld", "debug")
 #: env-name prefixes of the paper's benchmark suites, which ``--preset auto`` gives the paper preset
@@ -41,8 +44,12 @@ PAPER_SUITES = ("dmc:", "atari:")
 
 
 @dataclass
-class GlamorConfig:
-    """GLAMOR hyperparameters; defaults are the paper's Figure 5."""
+class SharedConfig:
+    """What GLAMOR, GCSL and DISCERN share; defaults are the GLAMOR paper's Figure 5.
+
+    The paper fixes the encoder and the training hyperparameters between GLAMOR and its
+    baselines so that a comparison changes one thing, the algorithm; here each of the three
+    agents reads these values from this one section."""
 
     # --- model (paper 4.2) ---
     encoder: Literal["auto", "impala", "small"] = "auto"
@@ -51,6 +58,35 @@ class GlamorConfig:
     """size of the state code, the goal code and the mixed state-goal code"""
     mix_hidden: int = 256
     """hidden width of the MLP that mixes state and goal codes"""
+
+    # --- optimiser and batches (Figure 5) ---
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    """max global gradient norm"""
+    batch_size: int = 200
+    max_k: int | None = None
+    """K, the longest hindsight gap sampled for training; None = the env's episode length T"""
+
+    # --- collection (3.5, A.3) ---
+    collect: Literal["planner", "random"] = "planner"
+    """planner = the agent's own epsilon-greedy behaviour (GLAMOR: open-loop plans); random =
+    uniform actions (A.4.1 ablation)"""
+    eps_start: float = 1.0
+    eps_final: float = 0.1
+    eps_steps: int = 300_000
+    """env steps over which epsilon falls linearly from eps_start to eps_final"""
+
+
+#: the fields of SharedConfig; before it existed they lived in the ``glamor`` section
+SHARED_FIELDS = tuple(f.name for f in dataclasses.fields(SharedConfig))
+
+
+@dataclass
+class GlamorConfig:
+    """GLAMOR's own hyperparameters (the shared ones are in ``SharedConfig``); defaults are
+    the paper's Figure 5."""
+
     lstm_hidden: int = 64
     """hidden size of the idm and prior LSTMs (one layer each)"""
 
@@ -59,16 +95,9 @@ class GlamorConfig:
     target END alone), so that END's likelihood ratio at a plan's start is learned at every
     state, not only at episodes' final frames; 0 = the paper's sampling (docs/glamor.md)"""
 
-    # --- loss and optimiser (eq. 9, Figure 5) ---
+    # --- loss (eq. 9) ---
     alpha: float = 1.0
     """weight of the prior's NLL in the loss (eq. 9)"""
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    """max global gradient norm"""
-    batch_size: int = 200
-    max_k: int | None = None
-    """K, the longest hindsight gap sampled for training; None = the env's episode length T"""
 
     plan_ema: float = 0.0
     """plan with an exponential moving average of the weights, updated after every update
@@ -90,14 +119,6 @@ class GlamorConfig:
     termination: Literal["early", "plan_end"] = "early"
     """early = evaluation ends when the best plan says END now; plan_end = plans must use
     all remaining steps and the episode runs to T (4.7.2)"""
-
-    # --- collection (3.5, A.3) ---
-    collect: Literal["planner", "random"] = "planner"
-    """planner = open-loop epsilon-greedy plans; random = uniform actions (A.4.1 ablation)"""
-    eps_start: float = 1.0
-    eps_final: float = 0.1
-    eps_steps: int = 300_000
-    """env steps over which epsilon falls linearly from eps_start to eps_final"""
 
 
 @dataclass
@@ -189,48 +210,90 @@ class Config:
     progress: bool = True
     """show a progress bar"""
 
+    shared: SharedConfig = field(default_factory=SharedConfig)
     glamor: GlamorConfig = field(default_factory=GlamorConfig)
     gcsl: GcslConfig = field(default_factory=GcslConfig)
     discern: DiscernConfig = field(default_factory=DiscernConfig)
 
 
-def preset(name: str, env: str = "gridworld") -> Config:
-    """The default Config of a named preset."""
-    if name == "auto":
-        name = "paper" if env.startswith(PAPER_SUITES) else "gridworld"
-    if name == "paper":
-        return Config(env=env, preset="paper")
-    if name == "gridworld":
-        return Config(
-            env=env, preset="gridworld", steps=40_000, replay_capacity=50_000, n_envs=16, env_workers=0,
-            replay_ratio=16.0, min_steps_learn=1_000, eval_every=5_000, checkpoint_every=10_000,
-            log_every=1_000,
-            glamor=GlamorConfig(state_size=128, mix_hidden=128, batch_size=256, lr=5e-4,
-                                gamma=0.3, eps_steps=80_000, plan_ema=0.99, self_goal_prob=0.1),
-        )
-    if name == "debug":
-        cfg = preset("gridworld", env)
-        return dataclasses.replace(
-            cfg, preset="debug", steps=600, replay_ratio=8.0, n_envs=4, min_steps_learn=200, eval_every=300,
-            checkpoint_every=300, log_every=100, eval_episodes=8, replay_capacity=2_000,
-            glamor=dataclasses.replace(cfg.glamor, state_size=32, mix_hidden=32, lstm_hidden=16,
-                                       batch_size=16, trials=8, eps_steps=500),
-            discern=DiscernConfig(embed_size=8, decoys=7, goal_buffer_size=64, target_update=20,
-                                  pairs_capacity=256),
-        )
-    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+BASE_PRESETS = ("auto", "paper", "gridworld")
+OVERLAY_PRESETS = ("debug",)
+
+
+def preset(names: str | Sequence[str] = "auto", env: str = "gridworld") -> Config:
+    """The default Config of one preset or of several composed, left to right.
+
+    At most one base (``auto``, ``paper``, ``gridworld``) comes first; overlays (``debug``)
+    follow and change only what they name. Without a base, ``auto`` is the base, so
+    ``preset("debug")`` is the grid preset shrunk, and ``preset(["paper", "debug"])`` is the
+    paper's hyperparameters shrunk to a debug budget.
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown or not names:
+        raise ValueError(f"unknown preset {unknown[0] if unknown else '(none)'!r}; choose one of "
+                         f"{', '.join(PRESETS)} (one base, then overlays: e.g. --preset paper debug)")
+    bases = [n for n in names if n in BASE_PRESETS]
+    if len(bases) > 1 or (bases and names[0] not in BASE_PRESETS):
+        raise ValueError(f"presets {' '.join(names)}: give at most one base preset ({', '.join(BASE_PRESETS)}), "
+                         f"first, then overlays ({', '.join(OVERLAY_PRESETS)})")
+    base = names[0] if bases else "auto"
+    if base == "auto":
+        base = "paper" if env.startswith(PAPER_SUITES) else "gridworld"
+    cfg = _BASES[base](env)
+    for name in names[1:] if bases else names:
+        cfg = _OVERLAYS[name](cfg)
+    cfg.preset = "+".join([base] + [n for n in names if n in OVERLAY_PRESETS])
+    return cfg
+
+
+def _paper(env: str) -> Config:
+    return Config(env=env)
+
+
+def _gridworld(env: str) -> Config:
+    return Config(
+        env=env, steps=40_000, replay_capacity=50_000, n_envs=16, env_workers=0,
+        replay_ratio=16.0, min_steps_learn=1_000, eval_every=5_000, checkpoint_every=10_000,
+        log_every=1_000,
+        shared=SharedConfig(state_size=128, mix_hidden=128, batch_size=256, lr=5e-4, eps_steps=80_000),
+        glamor=GlamorConfig(gamma=0.3, plan_ema=0.99, self_goal_prob=0.1),
+    )
+
+
+def _debug(cfg: Config) -> Config:
+    """Every code path in seconds: a tiny budget, tiny nets, frequent evaluations."""
+    return dataclasses.replace(
+        cfg, steps=600, replay_ratio=8.0, n_envs=4, min_steps_learn=200, eval_every=300,
+        checkpoint_every=300, log_every=100, eval_episodes=8, replay_capacity=2_000,
+        shared=dataclasses.replace(cfg.shared, state_size=32, mix_hidden=32, batch_size=16, eps_steps=500),
+        glamor=dataclasses.replace(cfg.glamor, lstm_hidden=16, trials=8),
+        discern=DiscernConfig(embed_size=8, decoys=7, goal_buffer_size=64, target_update=20,
+                              pairs_capacity=256),
+    )
+
+
+_BASES = {"paper": _paper, "gridworld": _gridworld}
+_OVERLAYS = {"debug": _debug}
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-_SECTIONS = {"glamor": GlamorConfig, "gcsl": GcslConfig, "discern": DiscernConfig}
+_SECTIONS = {"shared": SharedConfig, "glamor": GlamorConfig, "gcsl": GcslConfig, "discern": DiscernConfig}
+
+#: the config sections each agent reads, besides the run settings and ``shared``
+AGENT_SECTIONS = {"glamor": ("glamor",), "gcsl": ("gcsl",), "discern": ("discern",), "random": ()}
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    """A Config from ``to_dict`` output; sections a older run did not save get their defaults."""
-    data = dict(data)
+    """A Config from ``to_dict`` output. Sections an older run did not save get their
+    defaults; a run saved before the ``shared`` section existed has its shared values moved
+    out of ``glamor``, where they lived then."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    if "shared" not in data and isinstance(data.get("glamor"), dict):
+        data["shared"] = {k: data["glamor"].pop(k) for k in SHARED_FIELDS if k in data["glamor"]}
     sections = {name: cls(**data.pop(name, {})) for name, cls in _SECTIONS.items()}
     return Config(**data, **sections)
 
@@ -256,18 +319,21 @@ def load(path) -> Config:
 
 
 # Fields that may differ between a checkpoint's config and the config that resumes it:
-# they change the budget or the bookkeeping, not what is learned so far.
+# they change the budget or the bookkeeping, not what is learned so far. (``preset`` only
+# names where the defaults came from; the values themselves are compared.)
 RESUMABLE_FIELDS = {"steps", "out", "device", "threads", "env_workers", "eval_every", "eval_episodes",
                     "checkpoint_every", "log_every", "progress", "label",
-                    "keep_previous_checkpoint"}
+                    "keep_previous_checkpoint", "preset"}
 
 
 def incompatible_fields(saved: Config, new: Config) -> list[str]:
-    """Dotted names of the fields whose values make ``new`` unable to resume ``saved``."""
+    """Dotted names of the fields whose values make ``new`` unable to resume ``saved``: the
+    run settings, ``shared``, and the section of the agent trained (only those it reads)."""
     a, b = to_dict(saved), to_dict(new)
+    read = {"shared", *AGENT_SECTIONS.get(saved.agent, tuple(_SECTIONS))}
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if key in RESUMABLE_FIELDS:
+        if key in RESUMABLE_FIELDS or (key in _SECTIONS and key not in read and saved.agent == new.agent):
             continue
         if isinstance(a.get(key), dict) and isinstance(b.get(key), dict) and key != "env_options":
             diffs += [f"{key}.{k}: {a[key].get(k)!r} -> {b[key].get(k)!r}"
@@ -282,7 +348,7 @@ def validate(cfg: Config) -> None:
     def need(ok: bool, msg: str) -> None:
         if not ok:
             raise ValueError(f"bad config value: {msg}")
-    g = cfg.glamor
+    sh, g = cfg.shared, cfg.glamor
     need(cfg.steps > 0, f"steps must be > 0, got {cfg.steps}")
     need(cfg.seed >= 0, f"seed must be >= 0 (numpy seeds are non-negative), got {cfg.seed}")
     need(cfg.threads is None or cfg.threads >= 1,
@@ -295,18 +361,18 @@ def validate(cfg: Config) -> None:
     need(cfg.min_steps_learn >= 0, f"min_steps_learn must be >= 0, got {cfg.min_steps_learn}")
     need(cfg.eval_every > 0 and cfg.checkpoint_every > 0 and cfg.log_every > 0,
          "eval_every, checkpoint_every and log_every must be > 0")
-    need(g.batch_size >= 1, f"glamor.batch_size must be >= 1, got {g.batch_size}")
+    need(sh.batch_size >= 1, f"shared.batch_size must be >= 1, got {sh.batch_size}")
+    need(sh.lr > 0, f"shared.lr must be > 0, got {sh.lr}")
+    need(0 <= sh.eps_final <= 1 and 0 <= sh.eps_start <= 1,
+         f"shared.eps_start and eps_final must be in [0, 1], got {sh.eps_start}, {sh.eps_final}")
+    need(sh.eps_steps >= 0, f"shared.eps_steps must be >= 0, got {sh.eps_steps}")
+    need(sh.max_k is None or sh.max_k >= 1, f"shared.max_k must be >= 1 or None, got {sh.max_k}")
     need(g.trials >= 1, f"glamor.trials must be >= 1, got {g.trials}")
     need(g.eval_trials is None or g.eval_trials >= 1, f"glamor.eval_trials must be >= 1, got {g.eval_trials}")
     need(0 < g.gamma <= 1, f"glamor.gamma must be in (0, 1], got {g.gamma}")
     need(g.alpha >= 0, f"glamor.alpha must be >= 0, got {g.alpha}")
     need(0 <= g.self_goal_prob < 1, f"glamor.self_goal_prob must be in [0, 1), got {g.self_goal_prob}")
-    need(g.lr > 0, f"glamor.lr must be > 0, got {g.lr}")
-    need(0 <= g.eps_final <= 1 and 0 <= g.eps_start <= 1,
-         f"glamor.eps_start and eps_final must be in [0, 1], got {g.eps_start}, {g.eps_final}")
     need(0 <= g.plan_ema < 1, f"glamor.plan_ema is a decay and must be in [0, 1) (0 = off), got {g.plan_ema}")
-    need(g.eps_steps >= 0, f"glamor.eps_steps must be >= 0, got {g.eps_steps}")
-    need(g.max_k is None or g.max_k >= 1, f"glamor.max_k must be >= 1 or None, got {g.max_k}")
     need(g.clip_logp is None or g.clip_logp <= 0,
          f"glamor.clip_logp is a log-probability floor and must be <= 0, got {g.clip_logp}")
     d = cfg.discern

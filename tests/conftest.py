@@ -24,10 +24,21 @@ def small_run_config(out, **overrides) -> config_lib.Config:
         checkpoint_every=2 * ROUND, eval_every=3 * ROUND, log_every=ROUND, min_steps_learn=ROUND,
         eval_episodes=4, replay_ratio=2.0,
     )
-    glamor = {k[len("glamor."):]: overrides.pop(k) for k in list(overrides) if k.startswith("glamor.")}
+    sections = {}
+    for key in [k for k in overrides if "." in k]:
+        section, name = key.split(".", 1)
+        sections.setdefault(section, {})[name] = overrides.pop(key)
     cfg = dataclasses.replace(cfg, **overrides)
-    if glamor:
-        cfg.glamor = dataclasses.replace(cfg.glamor, **glamor)
+    for section, values in sections.items():
+        setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
+    return cfg
+
+
+def with_glamor_values(cfg: config_lib.Config, **values) -> config_lib.Config:
+    """Set GLAMOR hyperparameters by name, whichever section holds them (``shared`` or ``glamor``)."""
+    shared = {k: values.pop(k) for k in list(values) if k in config_lib.SHARED_FIELDS}
+    cfg.shared = dataclasses.replace(cfg.shared, **shared)
+    cfg.glamor = dataclasses.replace(cfg.glamor, **values)
     return cfg
 
 

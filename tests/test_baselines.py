@@ -20,7 +20,7 @@ from pixelplan.nets.goal_policy import time_encoding
 from pixelplan.runs.sweep import plan_jobs
 from pixelplan.runs.train import CHECKPOINT, train
 
-from conftest import small_run_config
+from conftest import small_run_config, with_glamor_values
 
 T = 8
 SPEC = ObsSpec(frame_shape=(27, 27), frame_stack=2, n_actions=4, max_episode_steps=T)
@@ -30,7 +30,7 @@ CPU = torch.device("cpu")
 def make(name: str, seed: int = 0, glamor: dict | None = None, **section):
     cfg = config_lib.preset("debug")
     if glamor:
-        cfg.glamor = dataclasses.replace(cfg.glamor, **glamor)
+        cfg = with_glamor_values(cfg, **glamor)
     if section:
         setattr(cfg, name, dataclasses.replace(getattr(cfg, name), **section))
     return make_agent(name, cfg, SPEC, CPU, seed)

@@ -17,6 +17,8 @@ from pixelplan.nets.action_model import ActionSequenceModel, TokenStepper
 from pixelplan.nets.encoders import make_encoder
 from pixelplan.planners.shooting import sample_plans
 
+from conftest import with_glamor_values
+
 N_ACTIONS = 4
 T = 6
 SPEC = ObsSpec(frame_shape=(27, 27), frame_stack=2, n_actions=N_ACTIONS, max_episode_steps=T)
@@ -26,8 +28,7 @@ def make_glamor(seed: int = 0, **glamor) -> GlamorAgent:
     """A debug-preset GLAMOR agent; self-goal samples off unless asked for, so the loss tests
     see exactly the batch they build."""
     glamor.setdefault("self_goal_prob", 0.0)
-    cfg = config_lib.preset("debug")
-    cfg.glamor = dataclasses.replace(cfg.glamor, **glamor)
+    cfg = with_glamor_values(config_lib.preset("debug"), **glamor)
     agent = make_agent("glamor", cfg, SPEC, torch.device("cpu"), seed)
     assert isinstance(agent, GlamorAgent)
     return agent
@@ -436,7 +437,7 @@ def test_self_goal_samples_make_end_now_lose_away_from_the_goal():
         a = int(rng.integers(2))
         replay.add_episode(cells[[0, 1 + a]], np.array([a]))
     cfg = config_lib.preset("debug")
-    cfg.glamor = dataclasses.replace(cfg.glamor, self_goal_prob=0.2, lr=3e-3)
+    cfg = with_glamor_values(cfg, self_goal_prob=0.2, lr=3e-3)
     agent = make_agent("glamor", cfg, spec, torch.device("cpu"), 0)
     for _ in range(150):
         agent.update(replay.sample(64, 1, rng))

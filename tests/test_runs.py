@@ -189,10 +189,10 @@ def test_incompatible_config_names_the_differing_field(baseline_copy):
     out = baseline_copy
     saved = (out / "config.json").read_text()
     with pytest.raises(IncompatibleCheckpoint) as info:
-        train(small_run_config(out, **{"glamor.state_size": 16}))
+        train(small_run_config(out, **{"shared.state_size": 16}))
     assert isinstance(info.value, ValueError)
     msg = str(info.value)
-    assert "glamor.state_size" in msg and "32" in msg and "16" in msg
+    assert "shared.state_size" in msg and "32" in msg and "16" in msg
     assert "mix_hidden" not in msg
     assert (out / "config.json").read_text() == saved      # the run directory is left alone
 
@@ -258,7 +258,7 @@ def test_cli_train_then_eval(tmp_path, capsys):
                    "--device", "cpu", "--threads", "1", "--replay-ratio", "2"])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["preset"] == "debug" and summary["env_steps"] >= 200
+    assert summary["preset"] == "gridworld+debug" and summary["env_steps"] >= 200
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
 
     rc = cli.main(["eval", "--run", str(out), "--trials", "2", "--episodes", "3"])

@@ -80,7 +80,7 @@ class DiscernAgent:
     needs_next_state = True   # the run loop adds s_{t+1} to each batch
 
     def __init__(self, cfg: Config, spec: ObsSpec, device: torch.device, seed: int):
-        self.shared, self.cfg, self.spec, self.device = cfg.glamor, cfg.discern, spec, device
+        self.shared, self.cfg, self.spec, self.device = cfg.shared, cfg.discern, spec, device
         self.batch_size = self.shared.batch_size
         self.max_k = self.shared.max_k or spec.max_episode_steps
         torch.manual_seed(seed)

@@ -8,10 +8,10 @@ s_{t+k} in k steps, take a_t". Acting samples an action from the policy.
 It is GLAMOR's closest relative (GLAMOR paper A.1): both imitate their own relabelled data,
 but GCSL learns no action prior and no sequence model, and acts reactively (one action per
 step) instead of planning. Everything else is GLAMOR's, so that a comparison changes only
-the algorithm: the same encoders and sizes (``glamor.encoder``, ``state_size``,
+the algorithm: the same encoders and sizes (``shared.encoder``, ``state_size``,
 ``mix_hidden``), the same optimiser settings, batch size, replay ratio, K (``max_k``), the
 same epsilon-greedy schedule and the same ``collect`` switch (``random`` is the A.4.1 /
-figure 7 ablation). These are read from the ``glamor`` config section (config.py).
+figure 7 ablation). These are read from the ``shared`` config section (config.py).
 
 Choices where the papers are silent (also in docs/baselines.md):
 
@@ -45,7 +45,7 @@ from pixelplan.nets.goal_policy import GoalTimeNet
 
 class GcslAgent:
     def __init__(self, cfg: Config, spec: ObsSpec, device: torch.device, seed: int):
-        self.shared, self.cfg, self.spec, self.device = cfg.glamor, cfg.gcsl, spec, device
+        self.shared, self.cfg, self.spec, self.device = cfg.shared, cfg.gcsl, spec, device
         self.batch_size = self.shared.batch_size
         self.max_k = self.shared.max_k or spec.max_episode_steps
         torch.manual_seed(seed)

@@ -62,7 +62,7 @@ from torch.nn import functional as F
 from torch.optim import swa_utils
 
 from pixelplan.agents.base import TERMINATE, ObsSpec, check_batch, frames_to_channels, linear_epsilon
-from pixelplan.config import Config, GlamorConfig
+from pixelplan.config import Config, GlamorConfig, SharedConfig
 from pixelplan.data.replay import PAD, HindsightBatch
 from pixelplan.nets.action_model import ActionSequenceModel, TokenStepper
 from pixelplan.nets.encoders import make_encoder
@@ -75,16 +75,16 @@ _GOAL_CACHE_SIZE = 4096
 class GlamorModel(nn.Module):
     """Encoders, the state-goal mixer, and the two action-sequence heads."""
 
-    def __init__(self, cfg: GlamorConfig, spec: ObsSpec):
+    def __init__(self, shared: SharedConfig, cfg: GlamorConfig, spec: ObsSpec):
         super().__init__()
         self.spec = spec
         frame_hw = tuple(spec.frame_shape[:2])
         colours = spec.frame_shape[2] if len(spec.frame_shape) == 3 else 1
-        d = cfg.state_size
-        self.state_encoder = make_encoder(cfg.encoder, spec.frame_stack * colours, frame_hw, d)
-        self.goal_encoder = make_encoder(cfg.encoder, colours, frame_hw, d)
-        self.mix = nn.Sequential(nn.Linear(2 * d, cfg.mix_hidden), nn.LayerNorm(cfg.mix_hidden),
-                                 nn.ReLU(), nn.Linear(cfg.mix_hidden, d), nn.ReLU())
+        d = shared.state_size
+        self.state_encoder = make_encoder(shared.encoder, spec.frame_stack * colours, frame_hw, d)
+        self.goal_encoder = make_encoder(shared.encoder, colours, frame_hw, d)
+        self.mix = nn.Sequential(nn.Linear(2 * d, shared.mix_hidden), nn.LayerNorm(shared.mix_hidden),
+                                 nn.ReLU(), nn.Linear(shared.mix_hidden, d), nn.ReLU())
         self.idm = ActionSequenceModel(d, spec.n_actions, cfg.lstm_hidden)
         self.prior = ActionSequenceModel(d, spec.n_actions, cfg.lstm_hidden)
 
@@ -103,13 +103,13 @@ class GlamorModel(nn.Module):
 
 class GlamorAgent:
     def __init__(self, cfg: Config, spec: ObsSpec, device: torch.device, seed: int):
-        self.cfg, self.spec, self.device = cfg.glamor, spec, device
-        self.batch_size = self.cfg.batch_size
-        self.max_k = self.cfg.max_k or spec.max_episode_steps
+        self.shared, self.cfg, self.spec, self.device = cfg.shared, cfg.glamor, spec, device
+        self.batch_size = self.shared.batch_size
+        self.max_k = self.shared.max_k or spec.max_episode_steps
         torch.manual_seed(seed)
-        self.model = GlamorModel(self.cfg, spec).to(device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr,
-                                           weight_decay=self.cfg.weight_decay)
+        self.model = GlamorModel(self.shared, self.cfg, spec).to(device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.shared.lr,
+                                           weight_decay=self.shared.weight_decay)
         # The weights the planner uses: the trained ones, or their moving average.
         self.ema = (swa_utils.AveragedModel(self.model, multi_avg_fn=swa_utils.get_ema_multi_avg_fn(
             self.cfg.plan_ema)) if self.cfg.plan_ema > 0 else None)
@@ -145,12 +145,12 @@ class GlamorAgent:
         return np.where(first < 0, self.rng.integers(self.spec.n_actions, size=len(t)), first)
 
     def epsilon(self, env_steps: int) -> float:
-        return linear_epsilon(self.cfg, env_steps)
+        return linear_epsilon(self.shared, env_steps)
 
     def _collect(self, state, goal, t, env_steps) -> np.ndarray:
         n = len(t)
         random_actions = self.rng.integers(self.spec.n_actions, size=n)
-        if self.cfg.collect == "random":
+        if self.shared.collect == "random":
             return random_actions
         eps = self.epsilon(env_steps)
         starting = np.flatnonzero(t == 0)
@@ -254,7 +254,7 @@ class GlamorAgent:
         loss, metrics = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+        metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.shared.grad_clip))
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)

@@ -1,0 +1,92 @@
+"""The config: a shared section, resume checks that compare only what the agent reads,
+presets that compose, and runs saved before the shared section existed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from pixelplan import cli
+from pixelplan import config as config_lib
+from pixelplan.runs.train import IncompatibleCheckpoint, train
+
+from conftest import small_run_config
+
+
+def test_shared_and_agent_sections_partition_what_glamor_had():
+    shared = {f.name for f in dataclasses.fields(config_lib.SharedConfig)}
+    own = {f.name for f in dataclasses.fields(config_lib.GlamorConfig)}
+    assert not shared & own
+    assert {"encoder", "state_size", "lr", "batch_size", "max_k", "collect", "eps_steps"} <= shared
+    assert {"trials", "gamma", "clip_logp", "lstm_hidden", "plan_ema"} <= own
+
+
+def test_a_config_saved_before_the_shared_section_loads_with_its_values_moved():
+    new = config_lib.preset("gridworld")
+    old = config_lib.to_dict(new)
+    old["glamor"].update(old.pop("shared"))               # the layout runs were saved in before
+    loaded = config_lib.from_dict(old)
+    assert loaded == new
+    assert config_lib.incompatible_fields(loaded, new) == []
+
+
+def test_a_run_saved_before_the_shared_section_resumes(run_dir):
+    cfg = small_run_config(run_dir)
+    cfg.steps = 2 * 48
+    train(cfg)
+    path = run_dir / "config.json"
+    data = json.loads(path.read_text())
+    data["glamor"].update(data.pop("shared"))
+    path.write_text(json.dumps(data))
+    cfg.steps = 4 * 48
+    summary = train(cfg)
+    assert summary["env_steps"] >= 4 * 48
+
+
+@pytest.mark.parametrize("agent", ["gcsl", "discern"])
+def test_glamor_only_values_do_not_stop_a_baseline_from_resuming(run_dir, agent):
+    cfg = small_run_config(run_dir, agent=agent)
+    cfg.steps = 2 * 48
+    train(cfg)
+    again = small_run_config(run_dir, agent=agent, **{"glamor.trials": 99, "glamor.gamma": 0.5})
+    again.steps = 3 * 48
+    assert train(again)["env_steps"] >= 3 * 48
+    # A shared value is what the baseline reads: changing it is refused, by name.
+    changed = small_run_config(run_dir, agent=agent, **{"shared.lr": 0.123})
+    changed.steps = 4 * 48
+    with pytest.raises(IncompatibleCheckpoint, match="shared.lr"):
+        train(changed)
+
+
+def test_presets_compose_left_to_right():
+    paper, debug = config_lib.preset("paper", "dmc:cartpole-balance"), config_lib.preset("debug")
+    both = config_lib.preset(["paper", "debug"], "dmc:cartpole-balance")
+    assert both.preset == "paper+debug" and debug.preset == "gridworld+debug"
+    # The overlay sets the budget and sizes; everything it does not name stays the paper's.
+    assert (both.steps, both.shared.state_size, both.shared.batch_size) == (600, 32, 16)
+    assert (both.glamor.gamma, both.glamor.plan_ema, both.min_steps_learn) == (paper.glamor.gamma, 0.0, 200)
+    # Without a base, auto is the base (by env).
+    assert config_lib.preset("debug", "dmc:cartpole-balance") == both
+    assert config_lib.preset(["gridworld", "debug"]) == debug
+
+
+@pytest.mark.parametrize("names,needle", [(["debug", "paper"], "at most one base"),
+                                          (["paper", "gridworld"], "at most one base"),
+                                          (["papr"], "unknown preset 'papr'")])
+def test_bad_preset_combinations_are_named(names, needle):
+    with pytest.raises(ValueError, match=needle):
+        config_lib.preset(names)
+
+
+def test_cli_composes_presets_and_moves_old_flags(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="--glamor.lr is now --shared.lr"):
+        rc = cli.main(["train", "--preset", "gridworld", "debug", "--out", str(out), "--steps", "100",
+                       "--no-progress", "--threads", "1", "--glamor.lr", "0.002", "--glamor.trials", "3"])
+    assert rc == 0
+    saved = config_lib.load(out / "config.json")
+    assert saved.preset == "gridworld+debug" and saved.shared.lr == 0.002 and saved.glamor.trials == 3
+    assert cli.main(["train", "--preset", "debug", "paper", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
