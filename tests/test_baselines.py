@@ -146,9 +146,9 @@ def test_discern_discriminator_learns_to_pick_the_pursued_goal():
         final, pursued = np.stack([pattern(i)[0] for i in ids]), np.stack([pattern(i)[0] for i in ids])
         decoys = np.stack([pattern(j)[0] for j in decoy_ids])
         loss = agent.discriminator_loss(final, pursued, decoys)
-        agent.optimizer.zero_grad()
+        agent.learner.optimizer.zero_grad()
         loss.backward()
-        agent.optimizer.step()
+        agent.learner.optimizer.step()
         losses.append(loss.item())
     assert losses[0] > 0.5 * chance
     assert np.mean(losses[-10:]) < 0.25 * chance, (losses[0], losses[-10:])

@@ -7,6 +7,8 @@ An agent sees arrays and shapes, never an environment object. The run loop calls
 * ``update(batch) -> metrics``: one gradient step on a hindsight batch from the replay.
 * ``state_dict()`` / ``load_state_dict()``: weights, optimiser, RNG and counters, for
   checkpoints and exact resume.
+
+``Learner`` is the optimiser step every learning agent shares (GLAMOR, GCSL, DISCERN).
 """
 
 from __future__ import annotations
@@ -47,6 +49,47 @@ class Agent(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Learner:
+    """What every learning agent repeats, in one place: an AdamW optimiser over its
+    parameters, one gradient step with global-norm clipping, and the update counter.
+
+    ``step(loss)`` runs zero_grad, backward, the clip and the optimiser step, and returns the
+    gradient norm before clipping; ``count()`` counts an update (an agent may count one that
+    took no gradient step, as DISCERN does before it has any loss). Its ``state_dict`` keys
+    (``optimizer``, ``updates``) are the ones agents' checkpoints have always used, so an agent
+    merges them into its own and older checkpoints still load.
+    """
+
+    def __init__(self, params, lr: float, weight_decay: float, grad_clip: float):
+        self.params = list(params)
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        self.grad_clip = grad_clip
+        self.updates = 0
+
+    @classmethod
+    def from_shared(cls, params, shared) -> "Learner":
+        """The optimiser settings of a ``SharedConfig``."""
+        return cls(params, lr=shared.lr, weight_decay=shared.weight_decay, grad_clip=shared.grad_clip)
+
+    def step(self, loss: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip))
+        self.optimizer.step()
+        return norm
+
+    def count(self) -> int:
+        self.updates += 1
+        return self.updates
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state["updates"])
 
 
 def resolve_device(name: str) -> torch.device:

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pixelplan.agents.base import ObsSpec, check_batch, frames_to_channels, linear_epsilon
+from pixelplan.agents.base import Learner, ObsSpec, check_batch, frames_to_channels, linear_epsilon
 from pixelplan.config import Config
 from pixelplan.data.replay import HindsightBatch
 from pixelplan.nets.encoders import make_encoder
@@ -92,10 +92,8 @@ class DiscernAgent:
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.embed = GoalEmbedding(self.shared.encoder, colours, hw, self.shared.state_size,
                                    self.cfg.embed_size).to(device)
-        self.optimizer = torch.optim.AdamW([*self.q.parameters(), *self.embed.parameters()],
-                                           lr=self.shared.lr, weight_decay=self.shared.weight_decay)
+        self.learner = Learner.from_shared([*self.q.parameters(), *self.embed.parameters()], self.shared)
         self.rng = np.random.default_rng(seed)
-        self.updates = 0
         c = self.cfg
         self.goal_buffer = np.zeros((c.goal_buffer_size, *spec.frame_shape), np.uint8)
         self.goal_count = 0
@@ -236,21 +234,20 @@ class DiscernAgent:
             loss = loss + disc
             metrics["disc_loss"] = disc.item()
         if loss.requires_grad:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            params = [*self.q.parameters(), *self.embed.parameters()]
-            metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(params, self.shared.grad_clip))
-            self.optimizer.step()
-        self.updates += 1
-        if self.updates % self.cfg.target_update == 0:
+            metrics["grad_norm"] = self.learner.step(loss)
+        if self.learner.count() % self.cfg.target_update == 0:
             self.q_target.load_state_dict(self.q.state_dict())
         return metrics
+
+    @property
+    def updates(self) -> int:
+        return self.learner.updates
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {"q": self.q.state_dict(), "q_target": self.q_target.state_dict(),
-                "embed": self.embed.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "rng": self.rng.bit_generator.state, "updates": self.updates,
+                "embed": self.embed.state_dict(), **self.learner.state_dict(),
+                "rng": self.rng.bit_generator.state,
                 "goal_buffer": self.goal_buffer[:self.goal_count].copy(),
                 "pair_final": self.pair_final[:self.pair_count].copy(),
                 "pair_goal": self.pair_goal[:self.pair_count].copy(), "pair_count": self.pair_count,
@@ -260,9 +257,8 @@ class DiscernAgent:
         self.q.load_state_dict(state["q"])
         self.q_target.load_state_dict(state["q_target"])
         self.embed.load_state_dict(state["embed"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.learner.load_state_dict(state)
         self.rng.bit_generator.state = state["rng"]
-        self.updates = state["updates"]
         goals = np.asarray(state["goal_buffer"])
         if goals.shape[1:] != self.goal_buffer.shape[1:] or len(goals) > len(self.goal_buffer):
             raise ValueError(f"goal buffer of shape {goals.shape} does not fit this agent's {self.goal_buffer.shape}")

@@ -34,10 +34,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
-from pixelplan.agents.base import ObsSpec, check_batch, frames_to_channels, linear_epsilon
+from pixelplan.agents.base import Learner, ObsSpec, check_batch, frames_to_channels, linear_epsilon
 from pixelplan.config import Config
 from pixelplan.data.replay import HindsightBatch
 from pixelplan.nets.goal_policy import GoalTimeNet
@@ -52,12 +51,10 @@ class GcslAgent:
         self.policy = GoalTimeNet.for_frames(self.shared.encoder, spec.frame_shape, spec.frame_stack,
                                              self.shared.state_size, self.shared.mix_hidden, spec.n_actions,
                                              spec.max_episode_steps).to(device)
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=self.shared.lr,
-                                           weight_decay=self.shared.weight_decay)
+        self.learner = Learner.from_shared(self.policy.parameters(), self.shared)
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
-        self.updates = 0
 
     # ------------------------------------------------------------------ acting
     def act(self, state: np.ndarray, goal: np.ndarray, t: np.ndarray, explore: bool,
@@ -109,22 +106,21 @@ class GcslAgent:
     def update(self, batch: HindsightBatch) -> dict[str, float]:
         self.policy.train()
         loss, metrics = self.loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.policy.parameters(), self.shared.grad_clip))
-        self.optimizer.step()
-        self.updates += 1
+        metrics["grad_norm"] = self.learner.step(loss)
+        self.learner.count()
         return metrics
+
+    @property
+    def updates(self) -> int:
+        return self.learner.updates
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "rng": self.rng.bit_generator.state, "generator": self.generator.get_state(),
-                "updates": self.updates}
+        return {"policy": self.policy.state_dict(), **self.learner.state_dict(),
+                "rng": self.rng.bit_generator.state, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.learner.load_state_dict(state)
         self.rng.bit_generator.state = state["rng"]
         self.generator.set_state(state["generator"])
-        self.updates = state["updates"]

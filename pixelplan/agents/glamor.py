@@ -61,7 +61,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.optim import swa_utils
 
-from pixelplan.agents.base import TERMINATE, ObsSpec, check_batch, frames_to_channels, linear_epsilon
+from pixelplan.agents.base import TERMINATE, Learner, ObsSpec, check_batch, frames_to_channels, linear_epsilon
 from pixelplan.config import Config, GlamorConfig, SharedConfig
 from pixelplan.data.replay import PAD, HindsightBatch
 from pixelplan.nets.action_model import ActionSequenceModel, TokenStepper
@@ -108,8 +108,7 @@ class GlamorAgent:
         self.max_k = self.shared.max_k or spec.max_episode_steps
         torch.manual_seed(seed)
         self.model = GlamorModel(self.shared, self.cfg, spec).to(device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.shared.lr,
-                                           weight_decay=self.shared.weight_decay)
+        self.learner = Learner.from_shared(self.model.parameters(), self.shared)
         # The weights the planner uses: the trained ones, or their moving average.
         self.ema = (swa_utils.AveragedModel(self.model, multi_avg_fn=swa_utils.get_ema_multi_avg_fn(
             self.cfg.plan_ema)) if self.cfg.plan_ema > 0 else None)
@@ -119,7 +118,6 @@ class GlamorAgent:
         self.sample_rng = np.random.default_rng([seed, 7])
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
-        self.updates = 0
         self._open_loop: dict[int, np.ndarray] = {}   # env row -> its current training plan
         # Goal-encoder features by goal frame, valid while the weights do not change: under
         # MPC the goal stays fixed for a whole episode, so it is encoded once, not every step.
@@ -252,32 +250,31 @@ class GlamorAgent:
     def update(self, batch: HindsightBatch) -> dict[str, float]:
         self.model.train()
         loss, metrics = self.loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.shared.grad_clip))
-        self.optimizer.step()
+        metrics["grad_norm"] = self.learner.step(loss)
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        self.updates += 1
+        self.learner.count()
         return metrics
+
+    @property
+    def updates(self) -> int:
+        return self.learner.updates
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"model": self.model.state_dict(), **self.learner.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "rng": self.rng.bit_generator.state, "sample_rng": self.sample_rng.bit_generator.state,
-                "generator": self.generator.get_state(),
-                "updates": self.updates, "open_loop": dict(self._open_loop)}
+                "generator": self.generator.get_state(), "open_loop": dict(self._open_loop)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.learner.load_state_dict(state)
         self.rng.bit_generator.state = state["rng"]
         if "sample_rng" in state:   # checkpoints from before self-goal samples have none
             self.sample_rng.bit_generator.state = state["sample_rng"]
         self.generator.set_state(state["generator"])
-        self.updates = state["updates"]
         self._open_loop = dict(state["open_loop"])
         self._goal_cache.clear()
