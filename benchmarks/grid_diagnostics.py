@@ -98,9 +98,9 @@ def main() -> None:
         print("| gamma | trials | success | optimal |")
         print("|---|---|---|---|")
         out["planner"] = []
-        for gamma in args.gammas or [agent.cfg.gamma]:
-            for trials in args.trials or [agent.cfg.eval_trials or agent.cfg.trials]:
-                agent.cfg.gamma, agent.cfg.eval_trials = gamma, trials
+        for gamma in args.gammas or [agent.cfg.gamma]:   # gamma has no override yet: set on this copy
+            for trials in args.trials or [agent.eval_trials]:
+                agent.cfg.gamma, agent.eval_trials = gamma, trials
                 m = evaluate(agent, factory, goals).metrics()
                 out["planner"].append({"gamma": gamma, "trials": trials, **m})
                 print(f"| {gamma} | {trials} | {m['success_rate']:.2f} | {m.get('optimal_rate', float('nan')):.2f} |")

@@ -45,7 +45,7 @@ def main() -> None:
     cfg, agent, factory, goals = load_agent(run)
     rows = []
     for trials in args.trials:
-        agent.cfg.eval_trials = trials
+        agent.eval_trials = trials
         start = time.perf_counter()
         result = evaluate(agent, factory, goals, episodes=len(goals) * args.repeats)
         m = result.metrics()

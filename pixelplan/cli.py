@@ -182,13 +182,13 @@ def _eval(args: list[str]) -> int:
         raise ValueError(f"--seed must be >= 0, got {opts.seed}")
     cfg, agent, factory, goals = load_agent(opts.run)
     if opts.trials is not None:
-        if not hasattr(agent.cfg, "eval_trials"):
+        if not hasattr(agent, "eval_trials"):
             raise ValueError(f"--trials sets the planner's trials, but {opts.run} is a {cfg.agent} run, which has "
                              f"no planner; leave --trials out")
-        agent.cfg.eval_trials = opts.trials
+        agent.eval_trials = opts.trials      # an override of this evaluation, not of the run's config
     result = evaluate(agent, factory, goals, opts.episodes, eval_seed=opts.seed)
     metrics = {"run": str(opts.run), "env": cfg.env, "agent": cfg.agent,
-               "trials": getattr(agent.cfg, "eval_trials", None) or getattr(agent.cfg, "trials", None),
+               "trials": getattr(agent, "eval_trials", None),
                **result.metrics()}
     name = f"eval-trials{metrics['trials']}"
     from pixelplan.runs.rundir import write_text_atomically

@@ -90,3 +90,20 @@ def test_cli_composes_presets_and_moves_old_flags(tmp_path, capsys):
     assert saved.preset == "gridworld+debug" and saved.shared.lr == 0.002 and saved.glamor.trials == 3
     assert cli.main(["train", "--preset", "debug", "paper", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_eval_trials_is_an_override_of_the_agent_not_a_write_into_its_config(monkeypatch):
+    import numpy as np
+    import torch
+
+    from pixelplan.agents import ObsSpec, make_agent
+    cfg = config_lib.preset("debug")
+    agent = make_agent("glamor", cfg, ObsSpec((27, 27), 2, 4, 12), torch.device("cpu"), 0)
+    assert agent.eval_trials == cfg.glamor.trials == 8
+    seen = []
+    real_plan = agent.plan
+    monkeypatch.setattr(agent, "plan", lambda *a, **k: seen.append(a[3]) or real_plan(*a, **k))
+    agent.eval_trials = 3
+    agent.act(np.zeros((2, 2, 27, 27), np.uint8), np.zeros((2, 27, 27), np.uint8), np.zeros(2, int),
+              explore=False, env_steps=0)
+    assert seen == [3] and cfg.glamor.eval_trials is None and cfg.glamor.trials == 8

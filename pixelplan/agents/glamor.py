@@ -118,6 +118,9 @@ class GlamorAgent:
         self.sample_rng = np.random.default_rng([seed, 7])
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
+        # Planner trials at evaluation: the agent's own setting, which `pixelplan eval --trials`
+        # overrides without writing into the config.
+        self.eval_trials = self.cfg.eval_trials or self.cfg.trials
         self._open_loop: dict[int, np.ndarray] = {}   # env row -> its current training plan
         # Goal-encoder features by goal frame, valid while the weights do not change: under
         # MPC the goal stays fixed for a whole episode, so it is encoded once, not every step.
@@ -134,7 +137,7 @@ class GlamorAgent:
         if explore:
             return self._collect(state, goal, t, env_steps)
         T = self.spec.max_episode_steps
-        trials = self.cfg.eval_trials or self.cfg.trials
+        trials = self.eval_trials
         plans = self.plan(state, goal, np.maximum(T - t, 0), trials)
         first = plans.actions[:, 0].cpu().numpy() if plans.actions.shape[1] else np.full(len(t), -1)
         if self.cfg.termination == "early":

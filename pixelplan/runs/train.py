@@ -251,7 +251,7 @@ def _train_locked(cfg, out, ckpt_path, started, factory, probe, spec, agent, lea
     summary = {"env": cfg.env, "agent": cfg.agent, "label": cfg.label or cfg.agent, "seed": cfg.seed,
                "preset": cfg.preset,
                "env_steps": state.env_steps, "updates": state.updates, "episodes": state.episodes,
-               "wall_seconds": round(wall(), 2), "eval_trials": _eval_trials(cfg),
+               "wall_seconds": round(wall(), 2), "eval_trials": getattr(agent, "eval_trials", None),
                "replay_gib": round(replay.nbytes / 2**30, 3) if replay is not None else 0.0, **last_eval}
     write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n", what="summary")
     if learns and state.updates == 0:
@@ -336,8 +336,6 @@ def _warn_if_no_learning(cfg: Config, learns: bool) -> None:
                       f"--min-steps-learn (or pick a preset for this env: --preset gridworld).", stacklevel=3)
 
 
-def _eval_trials(cfg: Config) -> int | None:
-    return cfg.glamor.eval_trials or cfg.glamor.trials if cfg.agent == "glamor" else None
 
 
 def _collect_round(cfg, pool: EnvPool, agent, replay, goal_frames, rng, state, train_metrics):
