@@ -153,7 +153,7 @@ def env_steps_per_s(suite: str, names: list[str], vector_steps: int, goal_option
                 pool.reset(range(8), range(8))
                 start = time.perf_counter()
                 for _ in range(vector_steps):
-                    _, terminated, truncated, _ = pool.step(range(8), rng.integers(0, n_actions, 8))
+                    _, _, terminated, truncated, _ = pool.step(range(8), rng.integers(0, n_actions, 8))
                     ended = np.flatnonzero(terminated | truncated)
                     if len(ended):
                         pool.reset(ended, rng.integers(2**31, size=len(ended)))

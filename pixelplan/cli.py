@@ -22,9 +22,11 @@ import sys
 import warnings
 from pathlib import Path
 
-USAGE = """usage: pixelplan {train,eval,table,sweep,goals} ...
+USAGE = """usage: pixelplan {train,eval,collect,table,sweep,goals} ...
 
-  train   train an agent (default: GLAMOR on the grid world); re-run to resume
+  train   train an agent (default: GLAMOR on the grid world); re-run to resume;
+          --dataset FILE trains offline from a collected dataset
+  collect write a dataset of random-action episodes (HDF5); re-run to resume
   eval    evaluate a saved run
   table   results table (env x agent, mean (std) over seeds) and learning curves of runs
   sweep   train agents x envs x seeds (in parallel processes if asked), then the table
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             return _goals(rest)
         if command == "sweep":
             return _sweep(rest)
+        if command == "collect":
+            return _collect(rest)
     except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"pixelplan {command}: error: {exc}", file=sys.stderr)
         return 2
@@ -95,16 +99,26 @@ def _train(args: list[str]) -> int:
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", nargs="+", default=["auto"])
-    pre.add_argument("--env", default="gridworld")
+    pre.add_argument("--env", default=None)
+    pre.add_argument("--dataset", default=None)
     known, rest = pre.parse_known_args(args)
     rest = _moved_flags(rest)
-    base = config_lib.preset(known.preset, known.env)
-    cfg = tyro.cli(config_lib.Config, default=base, args=rest + ["--env", known.env],
+    env = known.env or "gridworld"
+    if known.dataset is not None and "-h" not in rest and "--help" not in rest:
+        from pixelplan.data.dataset import read_attrs
+        env = known.env or read_attrs(known.dataset)["env"]    # the preset follows the dataset's env
+        rest += ["--dataset", known.dataset]
+    base = config_lib.preset(known.preset, env)
+    cfg = tyro.cli(config_lib.Config, default=base, args=rest + ["--env", env],
                    prog="pixelplan train", description="Train an agent; re-run on the same --out to resume.")
     if "-h" in rest or "--help" in rest:
         return 0
-    from pixelplan.runs.train import train
-    summary = train(cfg)
+    if cfg.dataset is not None:
+        from pixelplan.runs.offline import train_offline
+        summary = train_offline(cfg)
+    else:
+        from pixelplan.runs.train import train
+        summary = train(cfg)
     print(json.dumps(summary))
     return 0
 
@@ -195,6 +209,37 @@ def _eval(args: list[str]) -> int:
     write_text_atomically(Path(opts.run, f"{name}.json"), json.dumps(metrics, indent=2) + "\n", what="evaluation")
     plots.goal_strip(result.goal_frames, result.final_frames, result.success, Path(opts.run, f"{name}.png"))
     print(json.dumps(metrics))
+    return 0
+
+
+def _collect(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pixelplan collect",
+                                     description="Write a dataset of episodes (HDF5) for offline training; "
+                                                 "re-run the same command to resume a killed collect.")
+    parser.add_argument("--env", default="gridworld")
+    parser.add_argument("--env-options", nargs="*", default=[], metavar="KEY VALUE",
+                        help="env keyword arguments as key value pairs, e.g. --env-options size 9")
+    parser.add_argument("--agent", default="random", help="who acts: random (uniform actions)")
+    parser.add_argument("--episodes", type=int, required=True)
+    parser.add_argument("--out", required=True, help="dataset file to write, e.g. data/gridworld.h5")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shard-episodes", type=int, default=100,
+                        help="episodes per shard: a killed collect loses at most one shard")
+    parser.add_argument("--n-envs", type=int, default=8, help="episodes collected side by side")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="env worker processes (default: one per core, at most n-envs; 0 = this process)")
+    parser.add_argument("--no-progress", action="store_true")
+    opts = parser.parse_args(args)
+    if len(opts.env_options) % 2:
+        raise ValueError(f"--env-options takes key value pairs, got {len(opts.env_options)} words")
+    from pixelplan.envs.vector import default_workers
+    from pixelplan.runs.collect import collect
+    workers = default_workers(opts.n_envs) if opts.workers is None else opts.workers
+    attrs = collect(opts.env, opts.episodes, opts.out, agent=opts.agent,
+                    env_options=dict(zip(opts.env_options[::2], opts.env_options[1::2])), seed=opts.seed,
+                    shard_episodes=opts.shard_episodes, n_envs=opts.n_envs, workers=workers,
+                    progress=not opts.no_progress)
+    print(json.dumps({"out": str(opts.out), **{k: attrs[k] for k in ("env", "episodes", "frames", "content_hash")}}))
     return 0
 
 

@@ -210,6 +210,20 @@ class Config:
     progress: bool = True
     """show a progress bar"""
 
+    # --- offline training (pixelplan train --dataset FILE) ---
+    dataset: str | None = None
+    """train offline from this dataset file (pixelplan collect); None = online, collecting as it learns"""
+    dataset_hash: str | None = None
+    """the dataset's content hash, recorded when an offline run starts (a changed file is refused)"""
+    updates: int = 20_000
+    """offline budget: gradient updates"""
+    eval_every_updates: int = 2_000
+    """offline: updates between evaluations (and at the end)"""
+    checkpoint_every_updates: int = 2_000
+    """offline: updates between checkpoints (and at the end)"""
+    log_every_updates: int = 500
+    """offline: updates between training-metric log lines"""
+
     shared: SharedConfig = field(default_factory=SharedConfig)
     glamor: GlamorConfig = field(default_factory=GlamorConfig)
     gcsl: GcslConfig = field(default_factory=GcslConfig)
@@ -323,7 +337,8 @@ def load(path) -> Config:
 # names where the defaults came from; the values themselves are compared.)
 RESUMABLE_FIELDS = {"steps", "out", "device", "threads", "env_workers", "eval_every", "eval_episodes",
                     "checkpoint_every", "log_every", "progress", "label",
-                    "keep_previous_checkpoint", "preset"}
+                    "keep_previous_checkpoint", "preset", "dataset", "updates", "eval_every_updates",
+                    "checkpoint_every_updates", "log_every_updates"}
 
 
 def incompatible_fields(saved: Config, new: Config) -> list[str]:
@@ -361,6 +376,9 @@ def validate(cfg: Config) -> None:
     need(cfg.min_steps_learn >= 0, f"min_steps_learn must be >= 0, got {cfg.min_steps_learn}")
     need(cfg.eval_every > 0 and cfg.checkpoint_every > 0 and cfg.log_every > 0,
          "eval_every, checkpoint_every and log_every must be > 0")
+    need(cfg.updates > 0 and cfg.eval_every_updates > 0 and cfg.checkpoint_every_updates > 0
+         and cfg.log_every_updates > 0,
+         "updates, eval_every_updates, checkpoint_every_updates and log_every_updates must be > 0")
     need(sh.batch_size >= 1, f"shared.batch_size must be >= 1, got {sh.batch_size}")
     need(sh.lr > 0, f"shared.lr must be > 0, got {sh.lr}")
     need(0 <= sh.eps_final <= 1 and 0 <= sh.eps_start <= 1,

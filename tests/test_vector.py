@@ -18,7 +18,7 @@ def _trajectory(pool: EnvPool, seed: int):
         if len(rows) == 0:
             continue
         step = pool.step(rows, rng.integers(0, 4, len(rows)))
-        out.append((rows, step[0], step[1], step[2], [i["features"] for i in step[3]]))
+        out.append((rows, step[0], step[1], step[2], step[3], [i["features"] for i in step[4]]))
     return out
 
 

@@ -225,12 +225,14 @@ class EnvPool:
         return np.stack([r[0] for r in results]), [r[1] for r in results]
 
     def step(self, rows: Sequence[int], actions: Sequence[int]):
-        """Step ``rows``; returns ``(obs, terminated, truncated, infos)`` for those rows."""
+        """Step ``rows``; returns ``(obs, rewards, terminated, truncated, infos)`` for those
+        rows, as Gymnasium's step does (rewards float64, the env's own)."""
         results = self._call("step", rows, [int(a) for a in actions])
         obs = np.stack([r[0] for r in results])
+        rewards = np.array([float(r[1]) for r in results], dtype=np.float64)
         terminated = np.array([bool(r[2]) for r in results])
         truncated = np.array([bool(r[3]) for r in results])
-        return obs, terminated, truncated, [r[4] for r in results]
+        return obs, rewards, terminated, truncated, [r[4] for r in results]
 
     def get(self, name: str):
         """An attribute of the (unwrapped) envs, read from row 0, e.g. ``goal_spec``."""

@@ -82,7 +82,7 @@ def _run_chunk(agent, pool: EnvPool, goals, episode_ids, eval_seed) -> dict:
         done[stop] = True
         go = live[actions[live] != TERMINATE]
         if len(go):
-            new_obs, terminated, truncated, step_infos = pool.step(go, actions[go])
+            new_obs, _, terminated, truncated, step_infos = pool.step(go, actions[go])
             obs[go] = new_obs
             for j, i in enumerate(go):
                 features[i] = step_infos[j]["features"]

@@ -48,8 +48,9 @@ class DiskFull(OSError):
 class RunLock:
     """An exclusive lock on a run directory, held until :meth:`release` (or process death)."""
 
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike, command: str = "pixelplan train"):
         self.run_dir = Path(run_dir)
+        self.command = command
         self.path = self.run_dir / LOCK_NAME
         self._fd: int | None = None
 
@@ -62,7 +63,7 @@ class RunLock:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 who = f"process {holder}" if holder else "another process"
-                raise RunLocked(f"run directory {self.run_dir} is in use by {who} (pixelplan train); wait for it "
+                raise RunLocked(f"run directory {self.run_dir} is in use by {who} ({self.command}); wait for it "
                                 f"to finish or stop it, or use another --out") from None
             raise
         os.ftruncate(fd, 0)

@@ -352,7 +352,7 @@ def _collect_round(cfg, pool: EnvPool, agent, replay, goal_frames, rng, state, t
     while not done.all():
         actions = agent.act(obs, goals, t, explore=True, env_steps=state.env_steps)
         live = np.flatnonzero(~done)
-        new_obs, terminated, truncated, _ = pool.step(live, actions[live])
+        new_obs, _, terminated, truncated, _ = pool.step(live, actions[live])
         obs[live] = new_obs
         for j, i in enumerate(live):
             frames[i].append(new_obs[j, -1].copy())

@@ -1,0 +1,170 @@
+"""``pixelplan collect``: a dataset of episodes on disk, for offline training.
+
+    pixelplan collect --env gridworld --agent random --episodes 2000 --out data/gridworld.h5
+
+Episodes are collected side by side in an env pool (worker processes when asked) and
+written in *shards*: every ``shard_episodes`` episodes become one file in ``OUT.parts/``,
+written atomically, so a killed collect loses at most the shard it was writing and never
+counts a partial episode. Re-running the same command resumes from the shards on disk; at
+the end the shards are merged into ``OUT`` (atomically too) and ``OUT.parts/`` is removed.
+
+Every episode is determined by the seed and its own index (the env's reset seed and the
+random actions both come from ``(seed, episode index)``), so a resumed collect writes the
+same file, byte for byte in its arrays and content hash, as one that was never interrupted,
+whatever the pool size.
+
+Only ``--agent random`` (uniform actions, MBOLD's and the GLAMOR paper's random datasets) is
+supported: collecting with a trained agent is a separate feature.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from pixelplan import __version__
+from pixelplan.data.dataset import DatasetError, Episode, read_attrs, read_episodes, write_episodes
+from pixelplan.envs.vector import EnvFactory, EnvPool
+from pixelplan.runs.rundir import RunLock, write_text_atomically
+
+AGENTS = ("random",)
+
+
+def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "random",
+            env_options: dict[str, str] | None = None, seed: int = 0, shard_episodes: int = 100,
+            n_envs: int = 8, workers: int = 0, progress: bool = True) -> dict:
+    """Collect ``episodes`` episodes of ``env`` into the dataset file ``out``; returns its attrs."""
+    from pixelplan.runs.train import parse_env_options
+
+    env_options = dict(env_options or {})
+    _check(agent, episodes, seed, shard_episodes, n_envs, workers)
+    out = Path(out)
+    settings = {"env": env, "env_options": env_options, "agent": agent, "seed": int(seed),
+                "episodes": int(episodes)}
+    if out.exists():
+        attrs = read_attrs(out)
+        if {k: attrs.get(k) for k in settings} != settings:
+            raise DatasetError(f"{out} already holds a dataset collected with other settings "
+                               f"({_differences(attrs, settings)}); use another --out or delete it")
+        return attrs                                     # already complete: nothing to do
+    if out.is_dir():
+        raise DatasetError(f"--out {out} is a directory; give a file name, e.g. {out / (env.replace(':', '-') + '.h5')}")
+    parts = out.with_name(out.name + ".parts")
+    factory = EnvFactory(env, parse_env_options(env_options), 1)
+    probe = factory()
+    n_actions = getattr(probe.action_space, "n", None)
+    probe.close()
+    if n_actions is None:
+        raise DatasetError(f"{env} has action space {probe.action_space}; collect supports Discrete actions "
+                           f"so far")
+    parts.mkdir(parents=True, exist_ok=True)
+    with RunLock(parts, command="pixelplan collect"):
+        _check_parts(parts, settings)
+        n_shards = -(-episodes // shard_episodes)
+        done = {k for k in range(n_shards) if _shard_path(parts, k).exists()}
+        bar = _progress(progress, episodes, sum(_shard_size(k, episodes, shard_episodes) for k in done))
+        pool = EnvPool(factory, min(n_envs, shard_episodes, episodes), workers)
+        try:
+            for k in range(n_shards):
+                if k in done:
+                    continue
+                first = k * shard_episodes
+                ids = range(first, first + _shard_size(k, episodes, shard_episodes))
+                shard = _collect_episodes(pool, n_actions, seed, ids, bar)
+                write_episodes(_shard_path(parts, k), shard, {**settings, "shard": k})
+        finally:
+            pool.close()
+            if bar is not None:
+                bar.close()
+        shards = [_shard_path(parts, k) for k in range(n_shards)]
+        attrs = write_episodes(out, (ep for path in shards for ep in read_episodes(path)),
+                               {**settings, "pixelplan_version": __version__,
+                                "observation": "the env's frames, one per step, uint8"})
+    shutil.rmtree(parts)
+    return attrs
+
+
+def episode_rng(seed: int, index: int) -> np.random.Generator:
+    """Episode ``index``'s random stream: its first draw is the env's reset seed, the rest
+    its actions, one per step."""
+    return np.random.default_rng([seed, index])
+
+
+def _collect_episodes(pool: EnvPool, n_actions: int, seed: int, ids: range, bar) -> list[Episode]:
+    """Episodes ``ids``, up to ``len(pool)`` side by side; each is fixed by (seed, its index)."""
+    out = []
+    for start in range(0, len(ids), len(pool)):
+        batch = ids[start:start + len(pool)]
+        rows = list(range(len(batch)))
+        rngs = [episode_rng(seed, i) for i in batch]
+        obs, infos = pool.reset(rows, [int(r.integers(2**31)) for r in rngs])
+        frames = [[obs[j, -1].copy()] for j in rows]
+        features = [[np.asarray(info.get("features"), dtype=np.float64)] for info in infos]
+        actions, rewards = [[] for _ in rows], [[] for _ in rows]
+        live = list(rows)
+        while live:
+            acts = [int(rngs[j].integers(n_actions)) for j in live]
+            new_obs, rew, terminated, truncated, step_infos = pool.step(live, acts)
+            still = []
+            for pos, j in enumerate(live):
+                frames[j].append(new_obs[pos, -1].copy())
+                actions[j].append(acts[pos])
+                rewards[j].append(rew[pos])
+                features[j].append(np.asarray(step_infos[pos].get("features"), dtype=np.float64))
+                if not (terminated[pos] or truncated[pos]):
+                    still.append(j)
+            live = still
+        for j in rows:
+            has_features = all(f.ndim == 1 and f.size and f.dtype.kind == "f" for f in features[j])
+            out.append(Episode(frames=np.stack(frames[j]), actions=np.array(actions[j], dtype=np.int64),
+                               rewards=np.array(rewards[j], dtype=np.float32),
+                               features=np.stack(features[j]) if has_features else None))
+        if bar is not None:
+            bar.update(len(batch))
+    return out
+
+
+def _check(agent, episodes, seed, shard_episodes, n_envs, workers) -> None:
+    if agent not in AGENTS:
+        raise ValueError(f"collect --agent {agent!r}: only {', '.join(AGENTS)} is supported (uniform "
+                         f"actions); to collect with a trained agent, train it and use its run's replay")
+    for name, value, low in (("episodes", episodes, 1), ("shard-episodes", shard_episodes, 1),
+                             ("n-envs", n_envs, 1), ("seed", seed, 0), ("workers", workers, 0)):
+        if int(value) < low:
+            raise ValueError(f"collect --{name} must be >= {low}, got {value}")
+
+
+def _check_parts(parts: Path, settings: dict) -> None:
+    """The shards on disk must come from the same settings (written the first time)."""
+    path = parts / "collect.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved != settings:
+            raise DatasetError(f"{parts} holds shards of a collect with other settings "
+                               f"({_differences(saved, settings)}); re-run that command to finish it, "
+                               f"or delete {parts}")
+    else:
+        write_text_atomically(path, json.dumps(settings, sort_keys=True) + "\n", what="collect settings")
+
+
+def _differences(saved: dict, wanted: dict) -> str:
+    return "; ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in wanted.items() if saved.get(k) != v)
+
+
+def _shard_path(parts: Path, k: int) -> Path:
+    return parts / f"shard-{k:05d}.h5"
+
+
+def _shard_size(k: int, episodes: int, shard_episodes: int) -> int:
+    return min(shard_episodes, episodes - k * shard_episodes)
+
+
+def _progress(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit="episode", desc="collect", dynamic_ncols=True)

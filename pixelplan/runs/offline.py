@@ -1,0 +1,147 @@
+"""Offline training: learn from a dataset on disk, never collecting (``pixelplan train --dataset``).
+
+    pixelplan collect --env gridworld --episodes 2000 --out data/grid.h5
+    pixelplan train --dataset data/grid.h5 --agent gcsl --updates 5000 --out runs/grid-gcsl-offline
+
+The dataset's env (and its options) is the run's env; the budget is in gradient updates
+(``updates``), and evaluation, logging and checkpoints are every so many updates
+(``eval_every_updates`` ...). The metrics' ``step`` is the update count. The run directory
+is the online one's (config, ``metrics.jsonl``, TensorBoard, checkpoints, summary, plots),
+with the same guarantees (a lock, atomic writes, exact resume), but its checkpoints hold no
+replay: the data is the file, referenced by path and content hash in the config. A resumed
+run whose dataset no longer has that hash is refused.
+
+The whole dataset is read into the episode store (each frame once) at the start, one
+episode at a time; the agent trains from the store through its own sampler (hindsight for
+GLAMOR, GCSL and DISCERN), exactly as online.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixelplan import config as config_lib
+from pixelplan.config import Config
+from pixelplan.data.dataset import DatasetError, read_episodes, verify
+from pixelplan.data.replay import ReplayBuffer, check_replay_fits
+from pixelplan.envs.vector import EnvPool
+from pixelplan.runs.evaluate import evaluate
+from pixelplan.runs.logging import MetricsLog
+from pixelplan.runs.rundir import RunLock, remove_stale_temporaries, write_text_atomically
+from pixelplan.runs.train import (CHECKPOINT, EVAL_BATCH, LoopState, RunInterrupted, StopOnSignal, _check_out_dir,
+                                  _check_resumable, _load_checkpoint, _mean, _read_checkpoint, _save_checkpoint,
+                                  _write_figures, env_workers, prepare)
+
+
+def dataset_config(cfg: Config) -> Config:
+    """``cfg`` with the dataset's env, env options and content hash filled in (and checked)."""
+    attrs = verify(cfg.dataset)
+    env, options = attrs["env"], {str(k): str(v) for k, v in (attrs.get("env_options") or {}).items()}
+    if cfg.env not in (env, "gridworld") or (cfg.env == env and cfg.env_options and cfg.env_options != options):
+        raise DatasetError(f"--dataset {cfg.dataset} was collected on {env} {options or ''}, but the run asks for "
+                           f"{cfg.env} {cfg.env_options or ''}; leave --env out (the dataset sets it)")
+    cfg.env, cfg.env_options = env, options
+    if cfg.dataset_hash not in (None, attrs["content_hash"]):
+        raise DatasetError(f"--dataset {cfg.dataset} has content hash {attrs['content_hash'][:12]}..., "
+                           f"not the {cfg.dataset_hash[:12]}... asked for")
+    cfg.dataset_hash = attrs["content_hash"]
+    return cfg
+
+
+def train_offline(cfg: Config) -> dict:
+    """Train (or resume) the offline run ``cfg`` describes; returns its summary."""
+    started = time.perf_counter()
+    config_lib.validate(cfg)
+    cfg = dataset_config(cfg)
+    cfg.out = cfg.out or str(Path("runs") / f"{cfg.env.replace(':', '-')}-{cfg.agent}-offline-seed{cfg.seed}")
+    out = Path(cfg.out)
+    _check_out_dir(out)
+    _check_resumable(out, cfg)        # a changed dataset differs in dataset_hash: refused here
+    torch.manual_seed(cfg.seed)
+    factory, probe, spec, agent, _ = prepare(cfg)
+    if not getattr(agent, "learns", True):
+        raise ValueError(f"agent {cfg.agent} does not learn: offline training needs glamor, gcsl or discern")
+    frames = sum(len(ep.frames) for ep in read_episodes(cfg.dataset))
+    check_replay_fits(frames, spec.frame_shape)
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        remove_stale_temporaries(out)
+        return _offline_locked(cfg, out, started, factory, probe, spec, agent, frames)
+
+
+def _offline_locked(cfg, out, started, factory, probe, spec, agent, frames) -> dict:
+    store = ReplayBuffer(frames, spec.frame_shape, spec.frame_stack)
+    for ep in read_episodes(cfg.dataset):
+        if tuple(ep.frames.shape[1:]) != tuple(spec.frame_shape):
+            raise DatasetError(f"{cfg.dataset} holds frames of shape {ep.frames.shape[1:]}, but its env gives "
+                               f"{spec.frame_shape}: collect it again with this pixelplan")
+        store.add_episode(ep.frames, ep.actions)
+    rng = np.random.default_rng([cfg.seed, 2])
+    ckpt = out / CHECKPOINT
+    state = LoopState(next_eval=cfg.eval_every_updates, next_checkpoint=cfg.checkpoint_every_updates,
+                      next_log=cfg.log_every_updates)
+    payload = _read_checkpoint(ckpt)
+    resuming = payload is not None
+    if resuming:
+        state = _load_checkpoint(payload, ckpt, cfg, spec, agent, None, rng)
+        del payload
+    write_text_atomically(out / "config.json", config_lib.dumps(cfg), what="config")
+    log = MetricsLog(out, resume_step=state.updates if resuming else None)
+    wall_before = state.wall_seconds
+    eval_goals = probe.unwrapped.evaluation_goals()
+    eval_pool, last_eval, metrics = None, {}, state.pending_metrics
+    with_next = getattr(agent, "needs_next_state", False)
+
+    def wall() -> float:
+        return wall_before + time.perf_counter() - started
+
+    try:
+        with StopOnSignal() as stop:
+            while state.updates < cfg.updates:
+                metrics.append(agent.update(store.sample(agent.batch_size, agent.max_k, rng, with_next=with_next)))
+                state.updates += 1
+                final = state.updates >= cfg.updates
+                if state.updates >= state.next_log:
+                    log.log(state.updates, "train", {**_mean(metrics), "updates": state.updates,
+                                                     "wall_seconds": wall()})
+                    metrics.clear()
+                    state.next_log += cfg.log_every_updates
+                if state.updates >= state.next_eval or final:
+                    if eval_pool is None:
+                        eval_pool = EnvPool(factory, min(EVAL_BATCH, cfg.eval_episodes or len(eval_goals)),
+                                            env_workers(cfg))
+                    result = evaluate(agent, factory, eval_goals, cfg.eval_episodes, pool=eval_pool)
+                    last_eval = result.metrics()
+                    log.log(state.updates, "eval", {**last_eval, "wall_seconds": wall()})
+                    state.next_eval += cfg.eval_every_updates
+                    if final:
+                        _write_figures(out, cfg, result)
+                if state.updates >= state.next_checkpoint or final or stop.requested:
+                    while state.next_checkpoint <= state.updates:
+                        state.next_checkpoint += cfg.checkpoint_every_updates
+                    state.wall_seconds = wall()
+                    log.sync()
+                    _save_checkpoint(out / CHECKPOINT, cfg, spec, agent, None, rng, state)
+                if stop.requested and not final:
+                    raise RunInterrupted(f"stopped by {stop.signal_name} at update {state.updates:,}; "
+                                         f"checkpoint saved in {out}. Re-run the same command to resume.")
+    finally:
+        log.close()
+        if eval_pool is not None:
+            eval_pool.close()
+    if not last_eval:  # resumed a run that had already finished
+        from pixelplan.runs.logging import read_metrics
+        last_eval = next((r for r in reversed(read_metrics(out)) if r["kind"] == "eval"), {})
+        last_eval = {k: v for k, v in last_eval.items() if k not in ("step", "kind", "wall_seconds")}
+    summary = {"env": cfg.env, "agent": cfg.agent, "label": cfg.label or cfg.agent, "seed": cfg.seed,
+               "preset": cfg.preset, "dataset": cfg.dataset, "dataset_hash": cfg.dataset_hash,
+               "dataset_frames": store.num_frames, "env_steps": 0, "updates": state.updates,
+               "wall_seconds": round(wall(), 2), "eval_trials": getattr(agent, "eval_trials", None), **last_eval}
+    write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n", what="summary")
+    return summary
+
