@@ -31,11 +31,10 @@ from pixelplan.data.dataset import DatasetError, read_episodes, verify
 from pixelplan.data.replay import ReplayBuffer, check_replay_fits
 from pixelplan.envs.vector import EnvPool
 from pixelplan.runs.evaluate import evaluate
-from pixelplan.runs.logging import MetricsLog
 from pixelplan.runs.rundir import RunLock, remove_stale_temporaries, write_text_atomically
 from pixelplan.runs.train import (CHECKPOINT, EVAL_BATCH, LoopState, RunInterrupted, StopOnSignal, _check_out_dir,
-                                  _check_resumable, _load_checkpoint, _mean, _read_checkpoint, _save_checkpoint,
-                                  _write_figures, env_workers, prepare)
+                                  _check_resumable, _mean, _save_checkpoint, _write_figures, env_workers,
+                                  open_run, prepare)
 
 
 def dataset_config(cfg: Config) -> Config:
@@ -82,16 +81,9 @@ def _offline_locked(cfg, out, started, factory, probe, spec, agent, frames) -> d
                                f"{spec.frame_shape}: collect it again with this pixelplan")
         store.add_episode(ep.frames, ep.actions)
     rng = np.random.default_rng([cfg.seed, 2])
-    ckpt = out / CHECKPOINT
-    state = LoopState(next_eval=cfg.eval_every_updates, next_checkpoint=cfg.checkpoint_every_updates,
+    fresh = LoopState(next_eval=cfg.eval_every_updates, next_checkpoint=cfg.checkpoint_every_updates,
                       next_log=cfg.log_every_updates)
-    payload = _read_checkpoint(ckpt)
-    resuming = payload is not None
-    if resuming:
-        state = _load_checkpoint(payload, ckpt, cfg, spec, agent, None, rng)
-        del payload
-    write_text_atomically(out / "config.json", config_lib.dumps(cfg), what="config")
-    log = MetricsLog(out, resume_step=state.updates if resuming else None)
+    state, log = open_run(cfg, out, spec, agent, None, rng, fresh, step_of=lambda st: st.updates)
     wall_before = state.wall_seconds
     eval_goals = probe.unwrapped.evaluation_goals()
     eval_pool, last_eval, metrics = None, {}, state.pending_metrics

@@ -165,15 +165,8 @@ def _train_locked(cfg, out, ckpt_path, started, factory, probe, spec, agent, lea
     goal_frames = np.stack([g.frame for g in goal_pool])
     eval_goals = probe.unwrapped.evaluation_goals()
     rng = np.random.default_rng([cfg.seed, 2])
-    state = LoopState(next_eval=cfg.eval_every, next_checkpoint=cfg.checkpoint_every,
-                      next_log=cfg.log_every)
-    payload = _read_checkpoint(ckpt_path)
-    resuming = payload is not None
-    if resuming:
-        state = _load_checkpoint(payload, ckpt_path, cfg, spec, agent, replay, rng)
-        del payload
-    write_text_atomically(out / "config.json", config_lib.dumps(cfg), what="config")
-    log = MetricsLog(out, resume_step=state.env_steps if resuming else None)
+    fresh = LoopState(next_eval=cfg.eval_every, next_checkpoint=cfg.checkpoint_every, next_log=cfg.log_every)
+    state, log = open_run(cfg, out, spec, agent, replay, rng, fresh, step_of=lambda st: st.env_steps)
     wall_before = state.wall_seconds
 
     def wall() -> float:
@@ -258,6 +251,19 @@ def _train_locked(cfg, out, ckpt_path, started, factory, probe, spec, agent, lea
         warnings.warn(f"this run made no update: its {state.env_steps:,} env steps never passed min_steps_learn = "
                       f"{cfg.min_steps_learn:,}, so its results are those of an untrained agent", stacklevel=2)
     return summary
+
+
+def open_run(cfg, out: Path, spec, agent, replay, rng, fresh: LoopState, step_of) -> tuple[LoopState, MetricsLog]:
+    """Resume from the run's checkpoint (or start from ``fresh``), write the resolved config,
+    and open the metrics log at the resumed step (``step_of(state)``: env steps online,
+    updates offline). Shared by the online and offline drivers."""
+    ckpt = out / CHECKPOINT
+    payload = _read_checkpoint(ckpt)
+    state = fresh if payload is None else _load_checkpoint(payload, ckpt, cfg, spec, agent, replay, rng)
+    resuming = payload is not None
+    del payload   # the replay's memory-mapped arrays are copied into the buffer by now
+    write_text_atomically(out / "config.json", config_lib.dumps(cfg), what="config")
+    return state, MetricsLog(out, resume_step=step_of(state) if resuming else None)
 
 
 class RunInterrupted(Exception):
