@@ -204,7 +204,7 @@ def _eval(args: list[str]) -> int:
     metrics = {"run": str(opts.run), "env": cfg.env, "agent": cfg.agent,
                "trials": getattr(agent, "eval_trials", None),
                **result.metrics()}
-    name = f"eval-trials{metrics['trials']}"
+    name = "eval" if metrics["trials"] is None else f"eval-trials{metrics['trials']}"   # no planner: no trials
     from pixelplan.runs.rundir import write_text_atomically
     write_text_atomically(Path(opts.run, f"{name}.json"), json.dumps(metrics, indent=2) + "\n", what="evaluation")
     plots.goal_strip(result.goal_frames, result.final_frames, result.success, Path(opts.run, f"{name}.png"))

@@ -107,3 +107,13 @@ def test_eval_trials_is_an_override_of_the_agent_not_a_write_into_its_config(mon
     agent.act(np.zeros((2, 2, 27, 27), np.uint8), np.zeros((2, 27, 27), np.uint8), np.zeros(2, int),
               explore=False, env_steps=0)
     assert seen == [3] and cfg.glamor.eval_trials is None and cfg.glamor.trials == 8
+
+
+def test_eval_of_an_agent_without_a_planner_writes_eval_json(run_dir, capsys):
+    cfg = small_run_config(run_dir, agent="gcsl")
+    cfg.steps = 2 * 48
+    train(cfg)
+    assert cli.main(["eval", "--run", str(run_dir), "--episodes", "3"]) == 0
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["trials"] is None and result["eval_episodes"] == 3
+    assert not list(run_dir.glob("eval-trials*"))
