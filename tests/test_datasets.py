@@ -161,3 +161,19 @@ def test_collect_cli_refusals_and_an_idempotent_rerun(dataset, tmp_path, capsys)
     assert cli.main(["collect", "--episodes", "5", "--out", str(dataset), "--no-progress"]) == 2
     assert "other settings" in capsys.readouterr().err
     assert cli.main(["train", "--dataset", str(tmp_path / "missing.h5")]) == 2
+
+
+def test_leftovers_of_a_kill_during_the_merge_are_cleaned_up(dataset, tmp_path):
+    # Killed after the merged file was renamed into place, before the shards were removed:
+    out = tmp_path / "grid.h5"
+    out.write_bytes(dataset.read_bytes())
+    (tmp_path / "grid.h5.parts").mkdir()
+    (tmp_path / "grid.h5.parts" / "shard-00000.h5").write_bytes(b"partial")
+    collect("gridworld", EPISODES, out, seed=3, progress=False)
+    assert not (tmp_path / "grid.h5.parts").exists() and verify(out)["episodes"] == EPISODES
+    # Killed while writing the merged file: its temporary is removed when the collect resumes.
+    fresh = tmp_path / "other.h5"
+    stale = tmp_path / ".tmp-other.h5-99999"
+    stale.write_bytes(b"half a file")
+    collect("gridworld", 6, fresh, seed=1, progress=False)
+    assert not stale.exists() and verify(fresh)["episodes"] == 6

@@ -293,13 +293,13 @@ def test_a_replay_too_large_for_the_machine_is_refused_before_training(tmp_path,
         train(cfg)
     assert not (tmp_path / "big" / "checkpoint.pt").exists()
     fits = train(small_run_config(tmp_path / "fits", replay_capacity=20_000))
-    assert fits["replay_gib"] == round(20_000 * (27 * 27 + 32) / 2**30, 3)   # the buffer reports its memory
+    assert fits["replay_gib"] == round(20_000 * (27 * 27 + 36) / 2**30, 3)   # the buffer reports its memory
 
 
 def test_check_replay_fits_counts_each_frame_once():
     from pixelplan.data.replay import ReplayTooLarge, check_replay_fits
     need = check_replay_fits(1_000_000, (80, 104), available=24 * 2**30)
-    assert need == 1_000_000 * (80 * 104 + 32)          # about 8.4 GB: frames once, 4 int64 per slot
+    assert need == 1_000_000 * (80 * 104 + 36)          # about 8.4 GB: frames once, 4 int64 + 1 float32 per slot
     with pytest.raises(ReplayTooLarge, match="needs 7.8 GiB"):
         check_replay_fits(1_000_000, (80, 104), available=8 * 2**30)
 

@@ -19,8 +19,10 @@ def fill(capacity, lengths, frame_stack=3):
     buf, ref = ReplayBuffer(capacity, (2, 3), frame_stack), NaiveBuffer(capacity, frame_stack)
     for ep, n in enumerate(lengths):
         frames, actions = make_episode(ep, n)
-        buf.add_episode(frames, actions)
+        rewards = ep + 0.125 * np.arange(n, dtype=np.float32)       # distinct per step and episode
+        buf.add_episode(frames, actions, rewards)
         ref.add(frames, actions)
+        ref.episodes[-1]["rewards"] = rewards
     return buf, ref
 
 
@@ -44,6 +46,7 @@ def test_sequence_windows_match_the_naive_reference(lengths, length, frame_stack
         assert p + length <= len(e["frames"])                       # the window fits its episode
         np.testing.assert_array_equal(batch.frames[i], e["frames"][p:p + length])
         np.testing.assert_array_equal(batch.actions[i], e["actions"][p:p + length - 1])
+        np.testing.assert_array_equal(batch.rewards[i], e["rewards"][p:p + length - 1])
         assert batch.first[i] == (p == 0)
 
 
@@ -124,3 +127,18 @@ def test_samplers_state_their_units_and_reject_bad_settings():
         GoalPairSampler(4, negative_prob=1.5)
     with pytest.raises(ValueError, match="offset law"):
         GoalPairSampler(4, law="poisson")
+
+
+def test_rewards_survive_a_state_dict_round_trip_and_old_state_dicts_load_as_zero():
+    buf, ref = fill(23, [5, 9, 3, 7, 6])                        # wraps
+    again = ReplayBuffer(23, (2, 3), 3)
+    again.load_state_dict(buf.state_dict())
+    for (f, a, r), e in zip(again.episodes(with_rewards=True), ref.episodes):
+        np.testing.assert_array_equal(r, e["rewards"])
+    old = {k: v for k, v in buf.state_dict().items() if k != "rewards"}   # saved before rewards existed
+    again.load_state_dict(old)
+    assert all(not r.any() for _, _, r in again.episodes(with_rewards=True))
+    with pytest.raises(ValueError, match="rewards"):
+        buf.add_episode(*make_episode(0, 3), rewards=np.array([0.0, np.nan, 1.0]))
+    with pytest.raises(ValueError, match="rewards"):
+        buf.add_episode(*make_episode(0, 3), rewards=np.zeros(2))

@@ -26,21 +26,24 @@ EVAL_SEED = 10_000   # evaluate()'s default: evaluation resets use EVAL_SEED + e
 
 
 class RecordingGrid(GridWorld):
-    """The grid world with random starts (so first frames differ), recording what it returns."""
+    """The grid world with random starts (so first frames differ), recording what it returns;
+    it pays a reward that differs from step to step, so that rewards can be followed too."""
 
     log: list[dict] = []
 
     def reset(self, *, seed=None, options=None):
         frame, info = super().reset(seed=seed, options=options)
-        self._record = {"seed": seed, "frames": [np.array(frame, copy=True)], "actions": []}
+        self._record = {"seed": seed, "frames": [np.array(frame, copy=True)], "actions": [], "rewards": []}
         RecordingGrid.log.append(self._record)
         return frame, info
 
     def step(self, action):
-        out = super().step(action)
-        self._record["frames"].append(np.array(out[0], copy=True))
+        frame, _, terminated, truncated, info = super().step(action)
+        reward = 0.25 * int(action) + 0.5 * len(self._record["actions"]) + float(self._record["seed"] or 0) % 7
+        self._record["frames"].append(np.array(frame, copy=True))
         self._record["actions"].append(int(action))
-        return out
+        self._record["rewards"].append(reward)
+        return frame, reward, terminated, truncated, info
 
 
 envs.register("test-recording-grid", lambda: RecordingGrid(start="random"), overwrite=True)
@@ -113,13 +116,14 @@ def test_what_the_model_trains_on_is_what_the_env_produced(tmp_path, monkeypatch
     replay = ReplayBuffer(capacity, cfg_frame_shape(episodes), frame_stack)
     replay.load_state_dict({k: v.numpy() if isinstance(v, torch.Tensor) else v
                             for k, v in payload["replay"].items()})
-    stored = replay.episodes()
+    stored = replay.episodes(with_rewards=True)
     assert 0 < len(stored) <= len(episodes)
     if capacity >= sum(len(ep["frames"]) for ep in episodes):
         assert len(stored) == len(episodes)
-    for (frames, actions), ep in zip(stored, episodes[len(episodes) - len(stored):]):
+    for (frames, actions, rewards), ep in zip(stored, episodes[len(episodes) - len(stored):]):
         np.testing.assert_array_equal(frames, np.stack(ep["frames"]))   # the reset frame first
         np.testing.assert_array_equal(actions, ep["actions"])
+        np.testing.assert_array_equal(rewards, np.array(ep["rewards"], np.float32))   # the env's own
 
     # 2. Every training batch equals the naive rebuild from the recorded episodes.
     assert updates, "the run made no update"

@@ -74,6 +74,8 @@ class ReplayBuffer:
         self._frames = np.zeros((capacity, *frame_shape), dtype=np.uint8)
         # Action taken at the slot's frame, or PAD at an episode's final frame.
         self._actions = np.full(capacity, PAD, dtype=np.int64)
+        # Reward the env returned for that action (0 at an episode's final frame, and on goal tasks).
+        self._rewards = np.zeros(capacity, dtype=np.float32)
         # Position of the slot's frame within its episode (0 = first observation).
         self._pos = np.zeros(capacity, dtype=np.int64)
         # Number of frames of the slot's episode.
@@ -106,24 +108,29 @@ class ReplayBuffer:
     @property
     def nbytes(self) -> int:
         """Memory of all preallocated arrays."""
-        return int(self._frames.nbytes + sum(getattr(self, "_" + n).nbytes for n in _META))
+        return int(self._frames.nbytes + self._rewards.nbytes + sum(getattr(self, "_" + n).nbytes for n in _META))
 
     @staticmethod
     def bytes_needed(capacity: int, frame_shape: tuple[int, ...]) -> int:
         """Memory the arrays of a buffer with this capacity and frame shape will take."""
         capacity = int(capacity)
         per_frame = math.prod(int(d) for d in frame_shape)
-        return capacity * (per_frame + 8 * len(_META))
+        return capacity * (per_frame + 8 * len(_META) + 4)     # + the float32 reward
 
     # ------------------------------------------------------------------ writing
-    def add_episode(self, frames: np.ndarray, actions: np.ndarray) -> None:
+    def add_episode(self, frames: np.ndarray, actions: np.ndarray, rewards: np.ndarray | None = None) -> None:
         """Append one whole episode.
 
         frames: (L+1, *frame_shape) uint8, the first observation and the one after each action.
         actions: (L,) integers >= 0, ``actions[i]`` taken at ``frames[i]``.
+        rewards: (L,) finite floats, ``rewards[i]`` returned for ``actions[i]``; None = zeros.
         """
         frames = np.asarray(frames)
         actions = np.asarray(actions)
+        rewards = np.zeros(len(actions), np.float32) if rewards is None else np.asarray(rewards, dtype=np.float32)
+        if rewards.shape != actions.shape[:1] or not np.isfinite(rewards).all():
+            raise ValueError(f"rewards must be {actions.shape[0]} finite numbers, one per action, got shape "
+                             f"{rewards.shape}")
         if frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8, got dtype {frames.dtype}")
         if frames.ndim != 1 + len(self.frame_shape) or tuple(frames.shape[1:]) != self.frame_shape:
@@ -168,6 +175,9 @@ class ReplayBuffer:
         acts[: n - 1] = actions
         self._set_slots(w, n, self._frames, frames)
         self._set_slots(w, n, self._actions, acts)
+        rew = np.zeros(n, dtype=np.float32)
+        rew[: n - 1] = rewards
+        self._set_slots(w, n, self._rewards, rew)
         self._set_slots(w, n, self._pos, np.arange(n, dtype=np.int64))
         self._set_slots(w, n, self._ep_len, n)
         self._set_slots(w, n, self._ep_id, ep_id)
@@ -197,13 +207,15 @@ class ReplayBuffer:
         idx.sort()
         return idx
 
-    def episodes(self) -> list[tuple[np.ndarray, np.ndarray]]:
+    def episodes(self, with_rewards: bool = False) -> list[tuple[np.ndarray, ...]]:
         """Every retained episode, oldest first, as ``(frames, actions)`` copies in the form
-        :meth:`add_episode` takes them (for inspection, export and tests)."""
+        :meth:`add_episode` takes them, or ``(frames, actions, rewards)`` (for inspection,
+        export and tests)."""
         out = []
         for _, start, n in self._episodes:
             slots = (start + np.arange(n)) % self.capacity
-            out.append((self._frames[slots], self._actions[slots[:-1]]))
+            ep = (self._frames[slots], self._actions[slots[:-1]])
+            out.append(ep + (self._rewards[slots[:-1]],) if with_rewards else ep)
         return out
 
     def episode_slots(self) -> np.ndarray:
@@ -213,6 +225,10 @@ class ReplayBuffer:
     def frames_at(self, slots: np.ndarray) -> np.ndarray:
         """The frames in ``slots`` (any shape of valid slots), a copy."""
         return self._frames[np.asarray(slots, dtype=np.int64)]
+
+    def rewards_at(self, slots: np.ndarray) -> np.ndarray:
+        """The reward for the action taken at each slot's frame (0 at an episode's final frame)."""
+        return self._rewards[np.asarray(slots, dtype=np.int64)]
 
     def actions_at(self, slots: np.ndarray) -> np.ndarray:
         """The action taken at each slot's frame (``PAD`` at an episode's final frame)."""
@@ -309,6 +325,7 @@ class ReplayBuffer:
             "frame_stack": self.frame_stack,
             "frames": c(self._frames[:used]),
             **{n: c(getattr(self, "_" + n)[:used]) for n in _META},
+            "rewards": c(self._rewards[:used]),
             "episodes": eps,
             "write": self._write,
             "num_frames": self._num_frames,
@@ -342,6 +359,12 @@ class ReplayBuffer:
             arr = getattr(self, "_" + n)
             arr[:used] = np.asarray(state[n])
             arr[used:] = _EMPTY_SLOT[n]
+        # Checkpoints from before rewards were stored have none: those runs had reward 0.
+        rewards = np.asarray(state.get("rewards", np.zeros(used, np.float32)))
+        if rewards.shape != (used,):
+            raise ValueError(f"state_dict['rewards'] must have shape ({used},), got {rewards.shape}")
+        self._rewards[:used] = rewards
+        self._rewards[used:] = 0
         self._episodes = deque((int(i), int(s), int(m)) for i, s, m in eps)
         self._write = int(state["write"])
         self._num_frames = int(state["num_frames"])

@@ -60,6 +60,7 @@ class SequenceBatch(NamedTuple):
 
     frames:  uint8 (B, length, *frame_shape), oldest first.
     actions: int64 (B, length - 1); ``actions[:, i]`` was taken at ``frames[:, i]``.
+    rewards: float32 (B, length - 1); ``rewards[:, i]`` was returned for ``actions[:, i]``.
     start:   int64 (B,), ring slot of each window's first frame.
     first:   bool (B,), whether the window starts at its episode's first frame (a state
              model resets its belief there).
@@ -67,6 +68,7 @@ class SequenceBatch(NamedTuple):
 
     frames: np.ndarray
     actions: np.ndarray
+    rewards: np.ndarray
     start: np.ndarray
     first: np.ndarray
 
@@ -110,8 +112,8 @@ class SequenceSampler:
             raise ValueError(f"every window start needs {self.length - 1} steps left in its episode")
         slots = (starts[:, None] + np.arange(self.length)) % store.capacity
         frames, actions = store.frames_at(slots), store.actions_at(slots[:, :-1])
-        return SequenceBatch(frames=frames, actions=actions, start=starts,
-                             first=store.positions(starts) == 0)
+        return SequenceBatch(frames=frames, actions=actions, rewards=store.rewards_at(slots[:, :-1]),
+                             start=starts, first=store.positions(starts) == 0)
 
 
 class GoalPairBatch(NamedTuple):

@@ -45,15 +45,19 @@ def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "ra
     out = Path(out)
     settings = {"env": env, "env_options": env_options, "agent": agent, "seed": int(seed),
                 "episodes": int(episodes)}
-    if out.exists():
+    parts = out.with_name(out.name + ".parts")
+    if out.exists() and not out.is_dir():
         attrs = read_attrs(out)
         if {k: attrs.get(k) for k in settings} != settings:
             raise DatasetError(f"{out} already holds a dataset collected with other settings "
                                f"({_differences(attrs, settings)}); use another --out or delete it")
-        return attrs                                     # already complete: nothing to do
+        if parts.is_dir():       # killed after the merge, before the shards were removed
+            with RunLock(parts, command="pixelplan collect"):
+                pass
+            shutil.rmtree(parts)
+        return attrs                                     # already complete: nothing more to do
     if out.is_dir():
         raise DatasetError(f"--out {out} is a directory; give a file name, e.g. {out / (env.replace(':', '-') + '.h5')}")
-    parts = out.with_name(out.name + ".parts")
     factory = EnvFactory(env, parse_env_options(env_options), 1)
     probe = factory()
     n_actions = getattr(probe.action_space, "n", None)
@@ -64,6 +68,8 @@ def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "ra
     parts.mkdir(parents=True, exist_ok=True)
     with RunLock(parts, command="pixelplan collect"):
         _check_parts(parts, settings)
+        for stale in out.parent.glob(f".tmp-{out.name}-*"):   # a merge killed mid-write
+            stale.unlink()
         n_shards = -(-episodes // shard_episodes)
         done = {k for k in range(n_shards) if _shard_path(parts, k).exists()}
         bar = _progress(progress, episodes, sum(_shard_size(k, episodes, shard_episodes) for k in done))

@@ -79,7 +79,7 @@ def _offline_locked(cfg, out, started, factory, probe, spec, agent, frames) -> d
         if tuple(ep.frames.shape[1:]) != tuple(spec.frame_shape):
             raise DatasetError(f"{cfg.dataset} holds frames of shape {ep.frames.shape[1:]}, but its env gives "
                                f"{spec.frame_shape}: collect it again with this pixelplan")
-        store.add_episode(ep.frames, ep.actions)
+        store.add_episode(ep.frames, ep.actions, ep.rewards)
     rng = np.random.default_rng([cfg.seed, 2])
     fresh = LoopState(next_eval=cfg.eval_every_updates, next_checkpoint=cfg.checkpoint_every_updates,
                       next_log=cfg.log_every_updates)

@@ -186,10 +186,10 @@ def _train_locked(cfg, out, ckpt_path, started, factory, probe, spec, agent, lea
                 steps_before = state.env_steps
                 episodes, goals = _collect_round(cfg, pool, agent, replay, goal_frames, rng, state, train_metrics)
                 if replay is not None:
-                    for frames, actions in episodes:
-                        replay.add_episode(frames, actions)
+                    for frames, actions, rewards in episodes:
+                        replay.add_episode(frames, actions, rewards)
                 if hasattr(agent, "observe_episodes"):
-                    agent.observe_episodes(np.stack([frames[-1] for frames, _ in episodes]), goals)
+                    agent.observe_episodes(np.stack([ep[0][-1] for ep in episodes]), goals)
                 state.episodes += len(episodes)
                 if bar is not None:
                     bar.update(state.env_steps - steps_before)
@@ -353,22 +353,25 @@ def _collect_round(cfg, pool: EnvPool, agent, replay, goal_frames, rng, state, t
     # kept here would turn every episode's first frame into its last (a past bug).
     frames = [[o[-1].copy()] for o in obs]
     actions_taken: list[list[int]] = [[] for _ in range(n)]
+    rewards: list[list[float]] = [[] for _ in range(n)]
     t = np.zeros(n, dtype=np.int64)
     done = np.zeros(n, dtype=bool)
     while not done.all():
         actions = agent.act(obs, goals, t, explore=True, env_steps=state.env_steps)
         live = np.flatnonzero(~done)
-        new_obs, _, terminated, truncated, _ = pool.step(live, actions[live])
+        new_obs, step_rewards, terminated, truncated, _ = pool.step(live, actions[live])
         obs[live] = new_obs
         for j, i in enumerate(live):
             frames[i].append(new_obs[j, -1].copy())
             actions_taken[i].append(int(actions[i]))
+            rewards[i].append(step_rewards[j])
         t[live] += 1
         done[live] = terminated | truncated
         state.env_steps += len(live)
         if replay is not None:
             _train_due(cfg, agent, replay, rng, state, train_metrics)
-    return [(np.stack(f), np.array(a, dtype=np.int64)) for f, a in zip(frames, actions_taken)], goals
+    return [(np.stack(f), np.array(a, dtype=np.int64), np.array(r, dtype=np.float32))
+            for f, a, r in zip(frames, actions_taken, rewards)], goals
 
 
 def _train_due(cfg, agent, replay, rng, state, train_metrics) -> None:
