@@ -33,7 +33,7 @@ from pixelplan.envs.vector import EnvPool
 from pixelplan.runs.evaluate import evaluate
 from pixelplan.runs.rundir import RunLock, remove_stale_temporaries, write_text_atomically
 from pixelplan.runs.train import (CHECKPOINT, EVAL_BATCH, LoopState, RunInterrupted, StopOnSignal, _check_out_dir,
-                                  _check_resumable, _mean, _save_checkpoint, _write_figures, env_workers,
+                                  _check_resumable, _mean, _write_figures, checkpoint_now, env_workers, next_due,
                                   open_run, prepare)
 
 
@@ -102,7 +102,7 @@ def _offline_locked(cfg, out, started, factory, probe, spec, agent, frames) -> d
                     log.log(state.updates, "train", {**_mean(metrics), "updates": state.updates,
                                                      "wall_seconds": wall()})
                     metrics.clear()
-                    state.next_log += cfg.log_every_updates
+                    state.next_log = next_due(state.next_log, state.updates, cfg.log_every_updates)
                 if state.updates >= state.next_eval or final:
                     if eval_pool is None:
                         eval_pool = EnvPool(factory, min(EVAL_BATCH, cfg.eval_episodes or len(eval_goals)),
@@ -110,15 +110,13 @@ def _offline_locked(cfg, out, started, factory, probe, spec, agent, frames) -> d
                     result = evaluate(agent, factory, eval_goals, cfg.eval_episodes, pool=eval_pool)
                     last_eval = result.metrics()
                     log.log(state.updates, "eval", {**last_eval, "wall_seconds": wall()})
-                    state.next_eval += cfg.eval_every_updates
+                    state.next_eval = next_due(state.next_eval, state.updates, cfg.eval_every_updates)
                     if final:
                         _write_figures(out, cfg, result)
                 if state.updates >= state.next_checkpoint or final or stop.requested:
-                    while state.next_checkpoint <= state.updates:
-                        state.next_checkpoint += cfg.checkpoint_every_updates
-                    state.wall_seconds = wall()
-                    log.sync()
-                    _save_checkpoint(out / CHECKPOINT, cfg, spec, agent, None, rng, state)
+                    state.next_checkpoint = next_due(state.next_checkpoint, state.updates,
+                                                     cfg.checkpoint_every_updates)
+                    checkpoint_now(out / CHECKPOINT, cfg, spec, agent, None, rng, state, log, wall())
                 if stop.requested and not final:
                     raise RunInterrupted(f"stopped by {stop.signal_name} at update {state.updates:,}; "
                                          f"checkpoint saved in {out}. Re-run the same command to resume.")

@@ -205,8 +205,7 @@ def _train_locked(cfg, out, ckpt_path, started, factory, probe, spec, agent, lea
                     log.log(state.env_steps, "train", values)
                     train_metrics.clear()
                     steps_at_last_log, time_at_last_log = state.env_steps, now
-                    while state.next_log <= state.env_steps:
-                        state.next_log += cfg.log_every
+                    state.next_log = next_due(state.next_log, state.env_steps, cfg.log_every)
                 final = state.env_steps >= cfg.steps
                 if state.env_steps >= state.next_eval or final:
                     if eval_pool is None:
@@ -216,18 +215,14 @@ def _train_locked(cfg, out, ckpt_path, started, factory, probe, spec, agent, lea
                     log.log(state.env_steps, "eval", {**last_eval, "wall_seconds": wall()})
                     if bar is not None:
                         bar.set_postfix(success=f"{last_eval['success_rate']:.2f}", refresh=False)
-                    while state.next_eval <= state.env_steps:
-                        state.next_eval += cfg.eval_every
+                    state.next_eval = next_due(state.next_eval, state.env_steps, cfg.eval_every)
                     if final:
                         _write_figures(out, cfg, result)
                 # A stop request (Ctrl-C, SIGTERM) is honoured here, between rounds, where a
                 # checkpoint is a clean cut: the resumed run continues exactly.
                 if state.env_steps >= state.next_checkpoint or final or stop.requested:
-                    while state.next_checkpoint <= state.env_steps:
-                        state.next_checkpoint += cfg.checkpoint_every
-                    state.wall_seconds = wall()
-                    log.sync()  # metrics up to the checkpoint are on disk before it is
-                    _save_checkpoint(ckpt_path, cfg, spec, agent, replay, rng, state)
+                    state.next_checkpoint = next_due(state.next_checkpoint, state.env_steps, cfg.checkpoint_every)
+                    checkpoint_now(ckpt_path, cfg, spec, agent, replay, rng, state, log, wall())
                 if stop.requested and not final:
                     raise RunInterrupted(f"stopped by {stop.signal_name} at env step {state.env_steps:,}; "
                                          f"checkpoint saved in {out}. Re-run the same command to resume.")
@@ -264,6 +259,23 @@ def open_run(cfg, out: Path, spec, agent, replay, rng, fresh: LoopState, step_of
     del payload   # the replay's memory-mapped arrays are copied into the buffer by now
     write_text_atomically(out / "config.json", config_lib.dumps(cfg), what="config")
     return state, MetricsLog(out, resume_step=step_of(state) if resuming else None)
+
+
+def next_due(due: int, now: int, every: int) -> int:
+    """The first multiple-of-``every`` step after ``now``, counting on from ``due`` (a schedule
+    that a round of many steps may overshoot by more than one interval)."""
+    while due <= now:
+        due += every
+    return due
+
+
+def checkpoint_now(path: Path, cfg, spec, agent, replay, rng, state: LoopState, log: MetricsLog,
+                   wall_seconds: float) -> None:
+    """Save a checkpoint, the metrics up to it on disk first (so a resumed run's metrics never
+    lag its checkpoint)."""
+    state.wall_seconds = wall_seconds
+    log.sync()
+    _save_checkpoint(path, cfg, spec, agent, replay, rng, state)
 
 
 class RunInterrupted(Exception):
