@@ -173,7 +173,7 @@ def test_leftovers_of_a_kill_during_the_merge_are_cleaned_up(dataset, tmp_path):
     assert not (tmp_path / "grid.h5.parts").exists() and verify(out)["episodes"] == EPISODES
     # Killed while writing the merged file: its temporary is removed when the collect resumes.
     fresh = tmp_path / "other.h5"
-    stale = tmp_path / ".tmp-other.h5-99999"
+    stale = tmp_path / ".tmp-other.h5.99999.0badc0de"   # the atomic writer's temporary name
     stale.write_bytes(b"half a file")
     collect("gridworld", 6, fresh, seed=1, progress=False)
     assert not stale.exists() and verify(fresh)["episodes"] == 6

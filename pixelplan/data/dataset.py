@@ -13,9 +13,9 @@ Root attributes: ``format`` ("pixelplan-episodes"), ``format_version``, ``env``,
 ``pixelplan_version`` and ``content_hash``: a SHA-256 over every episode's arrays in order,
 which a run that trains from the file records, so that a changed file is refused on resume.
 
-Writing is crash-safe by construction: a file is written under a temporary name, flushed
-and renamed, so a reader sees a whole file or none (HDF5 itself is not safe against a kill
-mid-write). ``pixelplan collect`` (runs/collect.py) writes shards this way and merges them.
+HDF5 itself is not safe against a kill mid-write, so :func:`write_episodes` is meant to write a
+temporary file that its caller renames into place: ``pixelplan collect`` (runs/collect.py)
+writes every shard and the merged file through the drivers' atomic writer (runs/rundir.py).
 
 Reading: :func:`read_episodes` reads one episode at a time (h5py's fancy-index reads of many
 episodes at once are about 30x slower, stack-facts.md).
@@ -76,48 +76,33 @@ def episode_digest(hasher, episode: Episode) -> None:
 
 
 def write_episodes(path: str | os.PathLike, episodes: Iterable[Episode], attrs: dict[str, Any]) -> dict[str, Any]:
-    """Write ``episodes`` to ``path`` atomically (temp file, fsync, rename); returns the root
-    attributes written, ``content_hash`` included."""
+    """Write ``episodes`` to a new HDF5 file at ``path`` (not atomically: see the module doc);
+    returns the root attributes written, ``content_hash`` included."""
     h5py = _h5py()
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     hasher = hashlib.sha256()
     count = frames = 0
     shape = None
-    try:
-        with h5py.File(tmp, "w") as f:
-            group = f.create_group("episodes")
-            for ep in episodes:
-                if shape is None:
-                    shape = ep.frames.shape[1:]
-                elif ep.frames.shape[1:] != shape:
-                    raise DatasetError(f"episode {count} has frames of shape {ep.frames.shape[1:]}, "
-                                       f"the others {shape}")
-                g = group.create_group(f"{count:06d}")
-                g.create_dataset("frames", data=ep.frames, chunks=ep.frames.shape, compression="gzip",
-                                 compression_opts=1)
-                g.create_dataset("actions", data=ep.actions.astype(np.int64))
-                g.create_dataset("rewards", data=ep.rewards.astype(np.float32))
-                if ep.features is not None:
-                    g.create_dataset("features", data=np.asarray(ep.features, dtype=np.float64))
-                episode_digest(hasher, ep)
-                count += 1
-                frames += len(ep.frames)
-            out = {**attrs, "format": FORMAT, "format_version": FORMAT_VERSION, "episodes": count,
-                   "frames": frames, "frame_shape": list(shape or ()), "content_hash": hasher.hexdigest()}
-            for key, value in out.items():
-                f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with h5py.File(path, "w") as f:
+        group = f.create_group("episodes")
+        for ep in episodes:
+            if shape is None:
+                shape = ep.frames.shape[1:]
+            elif ep.frames.shape[1:] != shape:
+                raise DatasetError(f"episode {count} has frames of shape {ep.frames.shape[1:]}, the others {shape}")
+            g = group.create_group(f"{count:06d}")
+            g.create_dataset("frames", data=ep.frames, chunks=ep.frames.shape, compression="gzip",
+                             compression_opts=1)
+            g.create_dataset("actions", data=ep.actions.astype(np.int64))
+            g.create_dataset("rewards", data=ep.rewards.astype(np.float32))
+            if ep.features is not None:
+                g.create_dataset("features", data=np.asarray(ep.features, dtype=np.float64))
+            episode_digest(hasher, ep)
+            count += 1
+            frames += len(ep.frames)
+        out = {**attrs, "format": FORMAT, "format_version": FORMAT_VERSION, "episodes": count,
+               "frames": frames, "frame_shape": list(shape or ()), "content_hash": hasher.hexdigest()}
+        for key, value in out.items():
+            f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
     return out
 
 
@@ -152,14 +137,16 @@ def read_episodes(path: str | os.PathLike) -> Iterator[Episode]:
 
 
 def verify(path: str | os.PathLike) -> dict[str, Any]:
-    """Read every episode and check the content hash against the file's own; returns the attrs."""
+    """Read every episode and check the content hash (and the episode and frame counts)
+    against the file's own; returns the attrs."""
     attrs = read_attrs(path)
     hasher = hashlib.sha256()
-    count = 0
+    count = frames = 0
     for ep in read_episodes(path):
         episode_digest(hasher, ep)
         count += 1
-    if count != int(attrs["episodes"]) or hasher.hexdigest() != attrs["content_hash"]:
+        frames += len(ep.frames)
+    if (count, frames) != (int(attrs["episodes"]), int(attrs["frames"])) or hasher.hexdigest() != attrs["content_hash"]:
         raise DatasetError(f"{path} does not match its own content hash (changed or damaged since it was "
                            f"written); collect it again")
     return attrs

@@ -29,7 +29,7 @@ import numpy as np
 from pixelplan import __version__
 from pixelplan.data.dataset import DatasetError, Episode, read_attrs, read_episodes, write_episodes
 from pixelplan.envs.vector import EnvFactory, EnvPool
-from pixelplan.runs.rundir import RunLock, write_text_atomically
+from pixelplan.runs.rundir import TMP_PREFIX, RunLock, remove_stale_temporaries, write_atomically, write_text_atomically
 
 AGENTS = ("random",)
 
@@ -68,7 +68,8 @@ def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "ra
     parts.mkdir(parents=True, exist_ok=True)
     with RunLock(parts, command="pixelplan collect"):
         _check_parts(parts, settings)
-        for stale in out.parent.glob(f".tmp-{out.name}-*"):   # a merge killed mid-write
+        remove_stale_temporaries(parts)                       # a shard killed mid-write
+        for stale in out.parent.glob(f"{TMP_PREFIX}{out.name}.*"):   # a merge killed mid-write
             stale.unlink()
         n_shards = -(-episodes // shard_episodes)
         done = {k for k in range(n_shards) if _shard_path(parts, k).exists()}
@@ -81,13 +82,13 @@ def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "ra
                 first = k * shard_episodes
                 ids = range(first, first + _shard_size(k, episodes, shard_episodes))
                 shard = _collect_episodes(pool, n_actions, seed, ids, bar)
-                write_episodes(_shard_path(parts, k), shard, {**settings, "shard": k})
+                _write_dataset(_shard_path(parts, k), shard, {**settings, "shard": k})
         finally:
             pool.close()
             if bar is not None:
                 bar.close()
         shards = [_shard_path(parts, k) for k in range(n_shards)]
-        attrs = write_episodes(out, (ep for path in shards for ep in read_episodes(path)),
+        attrs = _write_dataset(out, (ep for path in shards for ep in read_episodes(path)),
                                {**settings, "pixelplan_version": __version__,
                                 "observation": "the env's frames, one per step, uint8"})
     shutil.rmtree(parts)
@@ -132,6 +133,14 @@ def _collect_episodes(pool: EnvPool, n_actions: int, seed: int, ids: range, bar)
         if bar is not None:
             bar.update(len(batch))
     return out
+
+
+def _write_dataset(path: Path, episodes, attrs: dict) -> dict:
+    """``write_episodes`` made atomic: a temporary file, fsynced, renamed into place."""
+    written = {}
+    write_atomically(path, lambda tmp: written.update(write_episodes(tmp, episodes, attrs)), what="dataset",
+                     to_path=True)
+    return written
 
 
 def _check(agent, episodes, seed, shard_episodes, n_envs, workers) -> None:

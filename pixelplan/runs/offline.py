@@ -18,7 +18,6 @@ GLAMOR, GCSL and DISCERN), exactly as online.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -31,14 +30,15 @@ from pixelplan.data.dataset import DatasetError, read_episodes, verify
 from pixelplan.data.replay import ReplayBuffer, check_replay_fits
 from pixelplan.envs.vector import EnvPool
 from pixelplan.runs.evaluate import evaluate
-from pixelplan.runs.rundir import RunLock, remove_stale_temporaries, write_text_atomically
+from pixelplan.runs.rundir import RunLock, remove_stale_temporaries
 from pixelplan.runs.train import (CHECKPOINT, EVAL_BATCH, LoopState, RunInterrupted, StopOnSignal, _check_out_dir,
                                   _check_resumable, _mean, _write_figures, checkpoint_now, env_workers, next_due,
-                                  open_run, prepare)
+                                  open_run, prepare, write_summary)
 
 
-def dataset_config(cfg: Config) -> Config:
-    """``cfg`` with the dataset's env, env options and content hash filled in (and checked)."""
+def dataset_config(cfg: Config) -> tuple[Config, dict]:
+    """``cfg`` with the dataset's env, env options and content hash filled in (and checked),
+    and the dataset's attributes (verified against its content)."""
     attrs = verify(cfg.dataset)
     env, options = attrs["env"], {str(k): str(v) for k, v in (attrs.get("env_options") or {}).items()}
     if cfg.env not in (env, "gridworld") or (cfg.env == env and cfg.env_options and cfg.env_options != options):
@@ -49,14 +49,14 @@ def dataset_config(cfg: Config) -> Config:
         raise DatasetError(f"--dataset {cfg.dataset} has content hash {attrs['content_hash'][:12]}..., "
                            f"not the {cfg.dataset_hash[:12]}... asked for")
     cfg.dataset_hash = attrs["content_hash"]
-    return cfg
+    return cfg, attrs
 
 
 def train_offline(cfg: Config) -> dict:
     """Train (or resume) the offline run ``cfg`` describes; returns its summary."""
     started = time.perf_counter()
     config_lib.validate(cfg)
-    cfg = dataset_config(cfg)
+    cfg, attrs = dataset_config(cfg)
     cfg.out = cfg.out or str(Path("runs") / f"{cfg.env.replace(':', '-')}-{cfg.agent}-offline-seed{cfg.seed}")
     out = Path(cfg.out)
     _check_out_dir(out)
@@ -65,7 +65,7 @@ def train_offline(cfg: Config) -> dict:
     factory, probe, spec, agent, _ = prepare(cfg)
     if not getattr(agent, "learns", True):
         raise ValueError(f"agent {cfg.agent} does not learn: offline training needs glamor, gcsl or discern")
-    frames = sum(len(ep.frames) for ep in read_episodes(cfg.dataset))
+    frames = int(attrs["frames"])           # verified against the content by dataset_config
     check_replay_fits(frames, spec.frame_shape)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
@@ -124,14 +124,7 @@ def _offline_locked(cfg, out, started, factory, probe, spec, agent, frames) -> d
         log.close()
         if eval_pool is not None:
             eval_pool.close()
-    if not last_eval:  # resumed a run that had already finished
-        from pixelplan.runs.logging import read_metrics
-        last_eval = next((r for r in reversed(read_metrics(out)) if r["kind"] == "eval"), {})
-        last_eval = {k: v for k, v in last_eval.items() if k not in ("step", "kind", "wall_seconds")}
-    summary = {"env": cfg.env, "agent": cfg.agent, "label": cfg.label or cfg.agent, "seed": cfg.seed,
-               "preset": cfg.preset, "dataset": cfg.dataset, "dataset_hash": cfg.dataset_hash,
-               "dataset_frames": store.num_frames, "env_steps": 0, "updates": state.updates,
-               "wall_seconds": round(wall(), 2), "eval_trials": getattr(agent, "eval_trials", None), **last_eval}
-    write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n", what="summary")
+    summary = write_summary(out, cfg, agent, last_eval, wall(), dataset=cfg.dataset, dataset_hash=cfg.dataset_hash,
+                            dataset_frames=store.num_frames, env_steps=0, updates=state.updates)
     return summary
 

@@ -25,7 +25,7 @@ import secrets
 import shutil
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Callable
 
 __all__ = ["LOCK_NAME", "TMP_PREFIX", "DiskFull", "RunLocked", "RunLock", "write_atomically", "write_text_atomically",
            "remove_stale_temporaries", "fsync_dir"]
@@ -135,13 +135,15 @@ def _mib(n: int | None) -> str:
     return "?" if n is None else f"{n / 2**20:,.1f} MiB"
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None], what: str = "file",
-                     need_bytes: int | None = None, keep_previous: bool = False) -> None:
+def write_atomically(path: str | os.PathLike, write: Callable, what: str = "file",
+                     need_bytes: int | None = None, keep_previous: bool = False, to_path: bool = False) -> None:
     """Replace ``path`` with what ``write(f)`` writes to a binary file, atomically.
 
     With ``keep_previous`` the file being replaced stays as ``<stem>.prev<suffix>`` (a hard
     link, so nothing is copied), a fallback should the new one ever prove unreadable.
-    ``need_bytes`` is the expected size, for the message should the disk fill up.
+    ``need_bytes`` is the expected size, for the message should the disk fill up. With
+    ``to_path``, ``write`` gets the temporary file's path instead of an open file, for
+    writers that open files themselves (h5py).
     """
     path = Path(path)
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
@@ -150,10 +152,15 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None],
         # written are on disk at once; the current file stays as the fallback meanwhile.
         previous_path(path).unlink(missing_ok=True)
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        if to_path:
+            write(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        else:
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
         if keep_previous and path.exists():
             _keep_as_previous(path)
         os.replace(tmp, path)

@@ -233,15 +233,9 @@ def _train_locked(cfg, out, ckpt_path, started, factory, probe, spec, agent, lea
         for p in (pool, eval_pool):
             if p is not None:
                 p.close()
-    if not last_eval:  # resumed a run that had already finished
-        last_eval = next((r for r in reversed(read_metrics(out)) if r["kind"] == "eval"), {})
-        last_eval = {k: v for k, v in last_eval.items() if k not in ("step", "kind", "wall_seconds")}
-    summary = {"env": cfg.env, "agent": cfg.agent, "label": cfg.label or cfg.agent, "seed": cfg.seed,
-               "preset": cfg.preset,
-               "env_steps": state.env_steps, "updates": state.updates, "episodes": state.episodes,
-               "wall_seconds": round(wall(), 2), "eval_trials": getattr(agent, "eval_trials", None),
-               "replay_gib": round(replay.nbytes / 2**30, 3) if replay is not None else 0.0, **last_eval}
-    write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n", what="summary")
+    summary = write_summary(out, cfg, agent, last_eval, wall(), env_steps=state.env_steps, updates=state.updates,
+                            episodes=state.episodes,
+                            replay_gib=round(replay.nbytes / 2**30, 3) if replay is not None else 0.0)
     if learns and state.updates == 0:
         warnings.warn(f"this run made no update: its {state.env_steps:,} env steps never passed min_steps_learn = "
                       f"{cfg.min_steps_learn:,}, so its results are those of an untrained agent", stacklevel=2)
@@ -259,6 +253,20 @@ def open_run(cfg, out: Path, spec, agent, replay, rng, fresh: LoopState, step_of
     del payload   # the replay's memory-mapped arrays are copied into the buffer by now
     write_text_atomically(out / "config.json", config_lib.dumps(cfg), what="config")
     return state, MetricsLog(out, resume_step=step_of(state) if resuming else None)
+
+
+def write_summary(out: Path, cfg, agent, last_eval: dict, wall_seconds: float, **counts) -> dict:
+    """Write ``summary.json`` (the run, its ``counts``, its last evaluation) and return it. A
+    resumed run that had already finished evaluated nothing this time: its last evaluation
+    comes from the metrics."""
+    if not last_eval:
+        last_eval = next((r for r in reversed(read_metrics(out)) if r["kind"] == "eval"), {})
+        last_eval = {k: v for k, v in last_eval.items() if k not in ("step", "kind", "wall_seconds")}
+    summary = {"env": cfg.env, "agent": cfg.agent, "label": cfg.label or cfg.agent, "seed": cfg.seed,
+               "preset": cfg.preset, **counts, "wall_seconds": round(wall_seconds, 2),
+               "eval_trials": getattr(agent, "eval_trials", None), **last_eval}
+    write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n", what="summary")
+    return summary
 
 
 def next_due(due: int, now: int, every: int) -> int:
@@ -352,8 +360,6 @@ def _warn_if_no_learning(cfg: Config, learns: bool) -> None:
         warnings.warn(f"learning starts after min_steps_learn = {cfg.min_steps_learn:,} env steps, but this run's "
                       f"budget is {cfg.steps:,}: it will make few or no updates. Raise --steps or lower "
                       f"--min-steps-learn (or pick a preset for this env: --preset gridworld).", stacklevel=3)
-
-
 
 
 def _collect_round(cfg, pool: EnvPool, agent, replay, goal_frames, rng, state, train_metrics):
