@@ -161,7 +161,9 @@ def test_generated_plans_wrap_many_times():
     """The property test's generator really produces buffers that wrap many times."""
     wraps = []
 
-    @settings(max_examples=100, deadline=None, database=None)
+    # A statement about the generator's distribution, so drawn deterministically: with random
+    # draws, 100 examples occasionally fell under the 50% bar (0.44 in one fresh-clone run).
+    @settings(max_examples=100, deadline=None, database=None, derandomize=True)
     @given(episode_plans())
     def collect(plan):
         capacity, lengths = plan
