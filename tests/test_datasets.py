@@ -19,7 +19,7 @@ import pytest
 
 from pixelplan import cli
 from pixelplan import config as config_lib
-from pixelplan.data.dataset import DatasetError, read_attrs, read_episodes, verify
+from pixelplan.data.dataset import DatasetError, Episode, read_attrs, read_episodes, verify
 from pixelplan.envs.vector import EnvFactory
 from pixelplan.runs.collect import collect, episode_rng
 from pixelplan.runs.offline import train_offline
@@ -35,33 +35,49 @@ def dataset(tmp_path_factory):
     return path
 
 
+def _env_episodes(seed: int, n: int) -> list[Episode]:
+    """Episodes 0..n-1 produced afresh by the env itself, each from its own random stream (the
+    first draw its reset seed, then one action per step until the env ends the episode)."""
+    env = EnvFactory("gridworld", {}, 1)()
+    out = []
+    for i in range(n):
+        rng = episode_rng(seed, i)
+        obs, info = env.reset(seed=int(rng.integers(2**31)))
+        frames, feats, actions, rewards = [obs[-1].copy()], [info["features"]], [], []
+        done = False
+        while not done:
+            a = int(rng.integers(env.action_space.n))
+            obs, r, term, trunc, info = env.step(a)
+            frames.append(obs[-1].copy()); feats.append(info["features"]); actions.append(a); rewards.append(r)
+            done = term or trunc
+        out.append(Episode(frames=np.stack(frames), actions=np.array(actions), rewards=np.array(rewards),
+                           features=np.stack(feats)))
+    return out
+
+
 def test_dataset_episodes_are_what_the_env_produced(dataset):
     attrs = verify(dataset)
     assert (attrs["env"], attrs["episodes"], attrs["agent"], attrs["seed"]) == ("gridworld", EPISODES, "random", 3)
-    env = EnvFactory("gridworld", {}, 1)()
-    for i, ep in enumerate(read_episodes(dataset)):
-        rng = episode_rng(3, i)
-        obs, info = env.reset(seed=int(rng.integers(2**31)))
-        frames, feats, rewards = [obs[-1]], [info["features"]], []
-        for a in ep.actions:
-            assert a == rng.integers(4)                  # the actions are the episode's own stream
-            obs, r, term, trunc, info = env.step(int(a))
-            frames.append(obs[-1]); feats.append(info["features"]); rewards.append(r)
-        assert term or trunc                              # whole episodes only
-        np.testing.assert_array_equal(ep.frames, np.stack(frames))   # reset frame first
-        np.testing.assert_array_equal(ep.features, np.stack(feats))
-        np.testing.assert_array_equal(ep.rewards, np.array(rewards, np.float32))
-    assert attrs["frames"] == sum(len(ep.frames) for ep in read_episodes(dataset))
+    stored = list(read_episodes(dataset))
+    assert len(stored) == EPISODES
+    for ep, env_ep in zip(stored, _env_episodes(3, EPISODES)):
+        np.testing.assert_array_equal(ep.frames, env_ep.frames)       # reset frame first, whole episodes
+        np.testing.assert_array_equal(ep.actions, env_ep.actions)     # the episode's own action stream
+        np.testing.assert_array_equal(ep.features, env_ep.features)
+        np.testing.assert_array_equal(ep.rewards, env_ep.rewards)
+    assert attrs["frames"] == sum(len(ep.frames) for ep in stored)
 
 
-def test_offline_training_samples_only_what_the_dataset_holds(dataset, tmp_path, monkeypatch):
+def test_offline_training_batches_are_what_the_env_produced(dataset, tmp_path, monkeypatch):
+    """Through the real collect and offline loops: every row the agent trains on is a naive
+    hindsight sample of an episode the env itself produces (not read back from the file)."""
     from pixelplan.agents.gcsl import GcslAgent
     seen = []
     real = GcslAgent.update
     monkeypatch.setattr(GcslAgent, "update", lambda self, batch: seen.append(batch) or real(self, batch))
     cfg = _offline_cfg(dataset, tmp_path / "run", updates=4)
     train_offline(cfg)
-    episodes = list(read_episodes(dataset))
+    episodes = _env_episodes(3, EPISODES)
     stack = cfg.frame_stack
     assert len(seen) == 4
     for batch in seen:
