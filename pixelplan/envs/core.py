@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["GoalSpec", "Goal", "GoalEnv", "GymGoalEnv", "check_goal_frame", "as_rng"]
+__all__ = ["GoalSpec", "Goal", "GoalEnv", "GymGoalEnv", "check_goal_frame", "as_rng", "random_action"]
 
 #: ranges narrower than this are treated as 1 when deriving tolerances and
 #: normalising (the GLAMOR authors' rule; avoids zero/huge tolerances).
@@ -256,12 +256,13 @@ class GoalEnv(gym.Env):
 
     * ``observation_space``: ``Box`` of uint8 with the shape of ONE frame,
       grayscale ``(H, W)`` or colour ``(H, W, C)``.
-    * ``action_space``: ``Discrete(n)``.
+    * ``action_space``: ``Discrete(n)``, or a float32 ``Box(low, high, shape)`` with finite
+      bounds (``step`` then takes a float array of that shape).
     * ``goal_spec``: a :class:`GoalSpec` for the ground-truth features.
     * ``max_episode_steps``: the horizon T; the env truncates at T itself.
     * ``reset(seed=None, options=None) -> (frame, info)`` and
-      ``step(a) -> (frame, 0.0, terminated, truncated, info)``; the reward is
-      always 0 and ``info["features"]`` holds the float64 features of the new
+      ``step(a) -> (frame, reward, terminated, truncated, info)``; on a goal task the reward
+      is 0 (a reward task, ``has_reward``, pays its own) and ``info["features"]`` holds the float64 features of the new
       state (ground truth for evaluation only: agents never see it).
     * ``current_goal() -> Goal``: the frame and features of the current state.
 
@@ -273,6 +274,11 @@ class GoalEnv(gym.Env):
 
     goal_spec: GoalSpec
     max_episode_steps: int
+    #: the task's kind (see :mod:`pixelplan.envs.spec`): a goal task hands out goals and pays 0; a
+    #: reward task (``has_goals = False``, ``has_reward = True``) passes its own reward through and
+    #: has no goal sets, ``goal_spec`` or features
+    has_goals: bool = True
+    has_reward: bool = False
     #: how many training goals a run draws its collection goals from (GLAMOR: 1000)
     n_training_goals: int = 1000
     #: the automatic evaluation set (see :meth:`evaluation_goals`): at most this many goals,
@@ -306,8 +312,6 @@ class GoalEnv(gym.Env):
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         rng = as_rng(rng)
-        if not isinstance(self.action_space, gym.spaces.Discrete):
-            raise TypeError(f"training_goals needs a Discrete action space, got {self.action_space}")
         return [self.random_rollout(rng) for _ in range(n)]
 
     def random_rollout(self, rng: np.random.Generator, capture_frame: bool = True) -> Goal:
@@ -321,9 +325,8 @@ class GoalEnv(gym.Env):
         """
         self.reset(seed=int(rng.integers(2**31 - 1)))
         length = int(rng.integers(1, self.max_episode_steps + 1))
-        space = self.action_space
         for _ in range(length):
-            _, _, terminated, truncated, _ = self.step(int(space.start) + int(rng.integers(space.n)))
+            _, _, terminated, truncated, _ = self.step(random_action(self.action_space, rng))
             if terminated or truncated:
                 break
         return self.current_goal()
@@ -366,12 +369,31 @@ class GoalEnv(gym.Env):
         cls = type(self)
         options = json.loads(json.dumps(self.make_options or {}, sort_keys=True, default=repr))
         return {"env": self.goal_set_label(), "class": f"{cls.__module__}.{cls.__qualname__}",
-                "options": options, "frame_shape": list(self.frame_shape),
-                "n_actions": int(self.action_space.n), "T": int(self.max_episode_steps)}
+                "options": options, "frame_shape": list(self.frame_shape), "T": int(self.max_episode_steps),
+                **_actions_key(self.action_space)}
 
     def optimal_steps(self, start_features: Any, goal_features: Any) -> int | None:
         """Fewest actions from the start state to the goal, or ``None`` when unknown."""
         return None
+
+
+def random_action(space: gym.Space, rng: np.random.Generator):
+    """One uniform random action of a ``Discrete`` space (an int) or a bounded ``Box`` (a
+    float32 array), drawn from ``rng``: the random policy every goal set is built from."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.start) + int(rng.integers(space.n))
+    if isinstance(space, gym.spaces.Box):
+        low, high = np.broadcast_to(space.low, space.shape), np.broadcast_to(space.high, space.shape)
+        return (low + rng.random(space.shape) * (high - low)).astype(np.float32)
+    raise TypeError(f"random actions need a Discrete or Box action space, got {space}")
+
+
+def _actions_key(space: gym.Space) -> dict:
+    # Discrete envs keep the key they always had, so their cached goal sets stay valid.
+    if isinstance(space, gym.spaces.Discrete):
+        return {"n_actions": int(space.n)}
+    return {"actions": {"shape": list(space.shape), "low": np.asarray(space.low).tolist(),
+                        "high": np.asarray(space.high).tolist()}}
 
 
 def _to_gray(frame: np.ndarray) -> np.ndarray:
@@ -387,14 +409,16 @@ def _to_gray(frame: np.ndarray) -> np.ndarray:
 
 
 class GymGoalEnv(GoalEnv):
-    """Adapter: any discrete-action Gymnasium env + a features function -> :class:`GoalEnv`.
+    """Adapter: any Gymnasium env with ``Discrete`` or bounded ``Box`` actions + a features
+    function -> :class:`GoalEnv`. Without ``features_fn`` and ``goal_spec`` and with
+    ``reward=True`` it adapts a reward task instead (no goals; the reward passed through).
 
     Frames come from ``frame_fn(env, obs)`` when given, else from the
     observation itself (it must then be an image). With ``grayscale=True``
     RGB frames are converted to grayscale uint8 (ITU-R 601 luma). Frames must
     be uint8 ``(H, W)`` or ``(H, W, C)``. ``features_fn(env)`` is called on the
-    wrapped env after every reset/step. The reward is always 0 (the inner
-    reward is kept in ``info["env_reward"]``); ``terminated`` is passed through
+    wrapped env after every reset/step. The reward is 0 unless ``reward=True``
+    passes the inner env's reward through (it is always kept in ``info["env_reward"]``); ``terminated`` is passed through
     and the episode is truncated after ``max_episode_steps`` (default: the
     inner env's ``spec.max_episode_steps``). When ``frame_fn`` is given, the
     frame shape is found by one probe ``reset()`` of the inner env.
@@ -444,8 +468,8 @@ class GymGoalEnv(GoalEnv):
     def __init__(
         self,
         env: gym.Env,
-        features_fn: Callable[[gym.Env], Any],
-        goal_spec: GoalSpec,
+        features_fn: Callable[[gym.Env], Any] | None,
+        goal_spec: GoalSpec | None,
         frame_fn: Callable[[gym.Env, Any], np.ndarray] | None = None,
         max_episode_steps: int | None = None,
         grayscale: bool = False,
@@ -456,10 +480,21 @@ class GymGoalEnv(GoalEnv):
         n_eval_candidates: int = 1000,
         goal_seed: int = 0,
         cache_dir: str | os.PathLike | None = None,
+        reward: bool = False,
     ) -> None:
-        if not isinstance(env.action_space, gym.spaces.Discrete):
-            raise ValueError(f"GymGoalEnv needs a Discrete action space, got {env.action_space}")
-        if not isinstance(goal_spec, GoalSpec):
+        space = env.action_space
+        if isinstance(space, gym.spaces.Box):
+            if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+                raise ValueError(f"GymGoalEnv needs a Box action space with finite bounds, got {space}")
+        elif not isinstance(space, gym.spaces.Discrete):
+            raise ValueError(f"GymGoalEnv needs a Discrete or Box action space, got {space}")
+        if (features_fn is None) != (goal_spec is None):
+            raise ValueError("GymGoalEnv: pass features_fn and goal_spec together (a goal task), or neither "
+                             "(a reward task, with reward=True)")
+        if goal_spec is None and not reward:
+            raise ValueError("GymGoalEnv without goals (features_fn=None, goal_spec=None) is a reward task: pass "
+                             "reward=True")
+        if goal_spec is not None and not isinstance(goal_spec, GoalSpec):
             raise TypeError(f"goal_spec must be a GoalSpec, got {type(goal_spec).__name__}")
         if max_episode_steps is None:
             spec = getattr(env, "spec", None)
@@ -478,6 +513,8 @@ class GymGoalEnv(GoalEnv):
         self.env = env
         self.features_fn = features_fn
         self.goal_spec = goal_spec
+        self.has_goals = goal_spec is not None
+        self.has_reward = bool(reward)
         self.frame_fn = frame_fn
         self.grayscale = bool(grayscale)
         self.max_episode_steps = int(max_episode_steps)
@@ -510,6 +547,8 @@ class GymGoalEnv(GoalEnv):
             raise ValueError(f"frames must be (H, W) or (H, W, C), got observation shape {shape}")
         self._shape = tuple(shape)
         self.observation_space = gym.spaces.Box(0, 255, shape, np.uint8)
+        if eval_goals is not None and not self.has_goals:
+            raise ValueError("GymGoalEnv: eval_goals given for a reward task without goals")
         if eval_goals is not None:
             self._evaluation_goals = self._given_goals(eval_goals)
 
@@ -562,7 +601,9 @@ class GymGoalEnv(GoalEnv):
                 "the same shape")
         return frame
 
-    def _features_now(self) -> np.ndarray:
+    def _features_now(self) -> np.ndarray | None:
+        if self.features_fn is None:
+            return None
         f = np.asarray(self.features_fn(self.env), dtype=np.float64).reshape(-1)
         if f.shape[0] != self.goal_spec.dim:
             raise ValueError(f"GymGoalEnv({self._inner_name}): features_fn returned {f.shape[0]} values, "
@@ -585,7 +626,8 @@ class GymGoalEnv(GoalEnv):
         self._frame = self._frame_of(obs, "reset")
         self._features = self._features_now()
         info = dict(info)
-        info["features"] = self._features.copy()
+        if self._features is not None:
+            info["features"] = self._features.copy()
         return self._frame, info
 
     def step(self, action):
@@ -596,14 +638,17 @@ class GymGoalEnv(GoalEnv):
         self._frame = self._frame_of(obs, "step")
         self._features = self._features_now()
         info = dict(info)
-        info["features"] = self._features.copy()
+        if self._features is not None:
+            info["features"] = self._features.copy()
         info["env_reward"] = reward
         truncated = bool(truncated) or self._t >= self.max_episode_steps
-        return self._frame, 0.0, bool(terminated), truncated, info
+        return self._frame, float(reward) if self.has_reward else 0.0, bool(terminated), truncated, info
 
     def current_goal(self) -> Goal:
         if self._frame is None:
             raise RuntimeError("call reset() before current_goal()")
+        if not self.has_goals:
+            raise ValueError(f"GymGoalEnv({self._inner_name}) is a reward task: it has no goals")
         return Goal(self._frame, self._features)
 
     def render(self):

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import gymnasium as gym
 import numpy as np
 
-from .core import Goal, GoalSpec, as_rng
+from .core import Goal, GoalSpec, as_rng, random_action
 
 __all__ = ["diverse_goals", "save_goals", "load_goals", "GoalSets", "estimate_ranges", "build_goal_sets",
            "pick_evaluation_goals", "distinct_goals", "cached_goal_sets", "default_cache_dir", "FixedGoalSets",
@@ -327,8 +328,13 @@ def env_fingerprint(env, steps: int = FINGERPRINT_STEPS) -> str:
     env.reset(seed=0)
     add(env.current_goal())
     space = env.action_space
-    for action in np.random.default_rng(0).integers(space.n, size=steps):
-        _, _, terminated, truncated, _ = env.step(int(space.start) + int(action))
+    if isinstance(space, gym.spaces.Discrete):   # the draws discrete envs' fingerprints always had
+        actions = [int(space.start) + int(a) for a in np.random.default_rng(0).integers(space.n, size=steps)]
+    else:
+        rng = np.random.default_rng(0)
+        actions = [random_action(space, rng) for _ in range(steps)]
+    for action in actions:
+        _, _, terminated, truncated, _ = env.step(action)
         add(env.current_goal())
         digest.update(bytes([bool(terminated), bool(truncated)]))
         if terminated or truncated:
