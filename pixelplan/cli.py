@@ -159,7 +159,7 @@ def _goals(args: list[str]) -> int:
 
     from pixelplan.envs import make
     from pixelplan.runs import plots
-    from pixelplan.runs.train import parse_env_options
+    from pixelplan.runs.common import parse_env_options
 
     options = parse_env_options(dict(zip(opts.env_options[::2], opts.env_options[1::2])))
     env = make(opts.env, **options)
@@ -180,7 +180,7 @@ def _eval(args: list[str]) -> int:
     parser.add_argument("--run", required=True, help="run directory written by pixelplan train")
     parser.add_argument("--trials", type=int, default=None, help="planner trials (default: the run's)")
     parser.add_argument("--episodes", type=int, default=None,
-                        help="evaluation episodes (default: one per evaluation goal)")
+                        help="evaluation episodes (default: one per evaluation goal; 10 on reward tasks)")
     parser.add_argument("--seed", type=int, default=10_000, help="seed of the evaluation resets")
     opts = parser.parse_args(args)
 
@@ -196,18 +196,19 @@ def _eval(args: list[str]) -> int:
         raise ValueError(f"--seed must be >= 0, got {opts.seed}")
     cfg, agent, factory, goals = load_agent(opts.run)
     if opts.trials is not None:
-        if not hasattr(agent, "eval_trials"):
+        if agent.eval_trials is None:
             raise ValueError(f"--trials sets the planner's trials, but {opts.run} is a {cfg.agent} run, which has "
                              f"no planner; leave --trials out")
         agent.eval_trials = opts.trials      # an override of this evaluation, not of the run's config
     result = evaluate(agent, factory, goals, opts.episodes, eval_seed=opts.seed)
     metrics = {"run": str(opts.run), "env": cfg.env, "agent": cfg.agent,
-               "trials": getattr(agent, "eval_trials", None),
+               "trials": agent.eval_trials,
                **result.metrics()}
     name = "eval" if metrics["trials"] is None else f"eval-trials{metrics['trials']}"   # no planner: no trials
     from pixelplan.runs.rundir import write_text_atomically
     write_text_atomically(Path(opts.run, f"{name}.json"), json.dumps(metrics, indent=2) + "\n", what="evaluation")
-    plots.goal_strip(result.goal_frames, result.final_frames, result.success, Path(opts.run, f"{name}.png"))
+    if result.success is not None:
+        plots.goal_strip(result.goal_frames, result.final_frames, result.success, Path(opts.run, f"{name}.png"))
     print(json.dumps(metrics))
     return 0
 

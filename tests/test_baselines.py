@@ -82,7 +82,7 @@ def test_gcsl_learns_actions_that_depend_on_the_goal_and_on_the_time_left():
     assert (logits.argmax(-1).numpy() == target).all()
     # Acting at step t asks with h = T - t: t = T - 6 gives h = 6.
     agent.cfg.eval_action = "greedy"
-    acts = agent.act(state, goal, np.array([T - 1, T - 6, T - 1, T - 6]), explore=False, env_steps=0)
+    acts = agent.act(state, goal, np.array([T - 1, T - 6, T - 1, T - 6]), explore=False, env_steps=0).actions
     assert (acts == target).all()
 
 
@@ -97,7 +97,7 @@ def test_gcsl_ignores_final_frame_samples_and_samples_its_policy():
     assert torch.allclose(mixed, alone)
     # Sampling: with a policy that is not one-hot, the sampled actions vary.
     many = agent.act(state[:1].repeat(200, 0), goal[:1].repeat(200, 0), np.zeros(200, np.int64),
-                     explore=False, env_steps=0)
+                     explore=False, env_steps=0).actions
     assert len(set(many.tolist())) > 1
 
 
@@ -108,9 +108,9 @@ def test_gcsl_random_collection_ablation_ignores_the_policy():
         for p in agent.policy.head[-1].parameters():   # a policy that always says action 3
             p.zero_()
         agent.policy.head[-1].bias[3] = 50.0
-    explored = agent.act(state, goal, np.zeros(500, np.int64), explore=True, env_steps=10**9)
+    explored = agent.act(state, goal, np.zeros(500, np.int64), explore=True, env_steps=10**9).actions
     assert 0.15 < (explored == 3).mean() < 0.35                   # uniform over 4 actions
-    assert (agent.act(state[:20], goal[:20], np.zeros(20, np.int64), False, 0) == 3).all()
+    assert (agent.act(state[:20], goal[:20], np.zeros(20, np.int64), False, 0).actions == 3).all()
 
 
 # ------------------------------------------------------------------- DISCERN
@@ -213,12 +213,15 @@ def test_discern_pursues_goal_buffer_goals_and_pairs_them_with_where_it_ended():
         agent._add_goal(pattern(i)[0])
     loop_goals = pattern(8, 2)
     state = pattern(4, 2)[None].repeat(2, 0)
+    agent.begin_episodes(np.array([0, 1]), loop_goals, explore=True)
     agent.act(state, loop_goals, np.array([0, 0]), explore=True, env_steps=0)
     pursued = [agent._pursued[0].copy(), agent._pursued[1].copy()]
     assert all(any((p == pattern(i)[0]).all() for i in range(3)) for p in pursued)
     agent.act(state, loop_goals, np.array([1, 1]), explore=True, env_steps=0)   # kept mid-episode
     assert all((agent._pursued[i] == pursued[i]).all() for i in range(2))
-    agent.observe_episodes(pattern(7, 2), loop_goals)
+    agent.end_episodes(np.array([0, 1]), pattern(7, 2), loop_goals, explore=False)   # evaluation: no pairs
+    assert agent.pair_count == 0 and agent.goal_count == 3
+    agent.end_episodes(np.array([0, 1]), pattern(7, 2), loop_goals, explore=True)
     assert agent.pair_count == 2
     assert all((agent.pair_goal[i] == pursued[i]).all() for i in range(2))
     assert (agent.pair_final[:2] == pattern(7)[0]).all()
@@ -226,8 +229,13 @@ def test_discern_pursues_goal_buffer_goals_and_pairs_them_with_where_it_ended():
     # With goal_source="env" the loop's goal is pursued.
     env_agent = make("discern", goal_source="env")
     env_agent._add_goal(pattern(0)[0])
-    env_agent.act(state, loop_goals, np.array([0, 0]), explore=True, env_steps=0)
+    env_agent.begin_episodes(np.array([0, 1]), loop_goals, explore=True)
     assert (env_agent._pursued[0] == loop_goals[0]).all()
+    # Rows are env row ids: an episode of row 5 keeps its goal whatever batch position it has.
+    agent.begin_episodes(np.array([5]), loop_goals[:1], explore=True)
+    chosen = agent._pursued[5].copy()
+    agent.act(state, loop_goals, np.array([3, 1]), explore=True, env_steps=0, rows=np.array([2, 5]))
+    assert (agent._pursued[5] == chosen).all() and 2 not in agent._pursued
 
 
 def test_discern_state_dict_round_trip_acts_the_same():
@@ -235,7 +243,7 @@ def test_discern_state_dict_round_trip_acts_the_same():
     rng = np.random.default_rng(2)
     for i in range(5):
         agent._add_goal(pattern(i)[0])
-    agent.observe_episodes(pattern(3, 2), pattern(4, 2))
+    agent.end_episodes(np.array([0, 1]), pattern(3, 2), pattern(4, 2), explore=True)
     state = rng.integers(0, 256, size=(4, 2, 27, 27), dtype=np.uint8)
     nxt = rng.integers(0, 256, size=(4, 2, 27, 27), dtype=np.uint8)
     goal = rng.integers(0, 256, size=(4, 27, 27), dtype=np.uint8)
@@ -243,7 +251,7 @@ def test_discern_state_dict_round_trip_acts_the_same():
     copy = make("discern", seed=5)
     copy.load_state_dict(agent.state_dict())
     t = np.array([0, 1, 0, 3])
-    assert (copy.act(state, goal, t, True, 100) == agent.act(state, goal, t, True, 100)).all()
+    assert (copy.act(state, goal, t, True, 100).actions == agent.act(state, goal, t, True, 100).actions).all()
     assert copy.goal_count == agent.goal_count and copy.pair_count == agent.pair_count
     with pytest.raises(ValueError, match="next_state"):
         agent.update(batch_of(state, goal, [0, 1, 2, 3], [1, 2, 3, 4]))

@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from pixelplan import config as config_lib
-from pixelplan.agents import TERMINATE, ObsSpec, make_agent
+from pixelplan.agents import ObsSpec, make_agent
 from pixelplan.agents.glamor import GlamorAgent
 from pixelplan.data.replay import PAD, HindsightBatch, ReplayBuffer
 from pixelplan.nets.action_model import ActionSequenceModel, TokenStepper
@@ -239,9 +239,10 @@ def test_act_terminates_when_no_steps_are_left():
     state, goal = obs_batch(rng, 3)
     bias_idm(agent, 1)                     # the idm would go on forever if it could
     out = agent.act(state, goal, np.array([T, T, T]), explore=False, env_steps=0)
-    assert out.tolist() == [TERMINATE] * 3
+    assert out.stop.tolist() == [True] * 3        # "stop" is its own signal, not an action value
     mixed = agent.act(state, goal, np.array([T, 0, T - 1]), explore=False, env_steps=0)
-    assert mixed.tolist() == [TERMINATE, 1, 1]
+    assert mixed.stop.tolist() == [True, False, False] and mixed.actions[1:].tolist() == [1, 1]
+    assert ((mixed.actions >= 0) & (mixed.actions < N_ACTIONS)).all()   # a stopped row's action is valid too
 
 
 def test_act_terminates_when_the_best_plan_is_end_now():
@@ -250,7 +251,7 @@ def test_act_terminates_when_the_best_plan_is_end_now():
     state, goal = obs_batch(rng, 4)
     bias_idm(agent, N_ACTIONS)             # END
     out = agent.act(state, goal, np.zeros(4, dtype=np.int64), explore=False, env_steps=0)
-    assert out.tolist() == [TERMINATE] * 4
+    assert out.stop.tolist() == [True] * 4
 
 
 def test_act_returns_the_first_action_of_the_best_plan():
@@ -259,7 +260,8 @@ def test_act_returns_the_first_action_of_the_best_plan():
     state, goal = obs_batch(rng, 5)
     bias_idm(agent, 2)
     out = agent.act(state, goal, np.array([0, 1, 2, 3, 5]), explore=False, env_steps=0)
-    assert out.dtype.kind == "i" and out.tolist() == [2] * 5
+    assert not out.stop.any()
+    assert out.actions.dtype.kind == "i" and out.actions.tolist() == [2] * 5
     plans = agent.plan(state, goal, np.array([T, 3, 0, 1, 2]), trials=4)
     assert plans.lengths.tolist() == [T, 3, 0, 1, 2]     # END only where forced
     assert plans.actions[0].tolist() == [2] * T
@@ -270,7 +272,7 @@ def test_act_plan_end_at_the_last_step_returns_a_valid_action():
     rng = np.random.default_rng(9)
     state, goal = obs_batch(rng, 50)
     out = agent.act(state, goal, np.full(50, T), explore=False, env_steps=0)
-    assert ((out >= 0) & (out < N_ACTIONS)).all()
+    assert not out.stop.any() and ((out.actions >= 0) & (out.actions < N_ACTIONS)).all()
 
 
 def test_explore_with_epsilon_one_is_uniform_random():
@@ -280,8 +282,9 @@ def test_explore_with_epsilon_one_is_uniform_random():
     n = 2000
     state, goal = obs_batch(rng, n)
     counts = np.zeros(N_ACTIONS)
+    agent.begin_episodes(np.arange(n), goal, explore=True)
     for t in range(3):
-        out = agent.act(state, goal, np.full(n, t), explore=True, env_steps=10_000)
+        out = agent.act(state, goal, np.full(n, t), explore=True, env_steps=10_000).actions
         assert out.shape == (n,) and ((out >= 0) & (out < N_ACTIONS)).all()
         counts += np.bincount(out, minlength=N_ACTIONS)
     freq = counts / counts.sum()
@@ -294,9 +297,28 @@ def test_explore_with_epsilon_zero_follows_the_plan_open_loop():
     bias_idm(agent, 3)
     rng = np.random.default_rng(11)
     state, goal = obs_batch(rng, 6)
+    agent.begin_episodes(np.arange(6), goal, explore=True)
     for t in range(T):
-        out = agent.act(state, goal, np.full(6, t), explore=True, env_steps=0)
+        out = agent.act(state, goal, np.full(6, t), explore=True, env_steps=0).actions
         assert out.tolist() == [3] * 6
+
+
+def test_training_plans_are_keyed_by_env_row_and_made_when_an_episode_begins():
+    # Rows 4 and 9 begin episodes; a call for the rows in another order, or a subset, follows
+    # each row's own plan, and no plan is made without begin_episodes.
+    agent = make_glamor(eps_start=0.0, eps_final=0.0)
+    rng = np.random.default_rng(14)
+    state, goal = obs_batch(rng, 2)
+    bias_idm(agent, 1)
+    agent.begin_episodes(np.array([4, 9]), goal, explore=True)
+    agent.act(state, goal, np.zeros(2, np.int64), explore=True, env_steps=0, rows=np.array([4, 9]))
+    assert sorted(agent._open_loop) == [4, 9] and not agent._to_plan
+    agent._open_loop[9] = np.array([0, 2, 2, 2, 2, 2], np.int64)   # row 9's plan says 2 from t = 1
+    out = agent.act(state[::-1], goal[::-1], np.ones(2, np.int64), explore=True, env_steps=0,
+                    rows=np.array([9, 4])).actions
+    assert out.tolist() == [2, 1]
+    with pytest.raises(ValueError, match="one env row id per batch row"):
+        agent.act(state, goal, np.ones(2, np.int64), explore=True, env_steps=0, rows=np.array([4]))
 
 
 def test_epsilon_schedule():

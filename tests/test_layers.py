@@ -17,10 +17,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "pixelplan"
 
 # Lower rank = lower layer. A module may import its own package or a lower rank only.
-RANK = {"config": 0, "envs": 0, "data": 0, "nets": 1, "planners": 2, "agents": 3, "runs": 4,
+RANK = {"spec": -1, "config": 0, "envs": 0, "data": 0, "nets": 1, "planners": 2, "agents": 3, "runs": 4,
         "cli": 5, "__main__": 6, "__init__": 6}
-NO_TORCH = ("envs", "data", "config")
-NO_ENV = ("nets", "planners")
+NO_TORCH = ("envs", "data", "config", "spec")
+NO_ENV = ("nets", "planners", "spec")
 ENV_LIBRARIES = ("gymnasium", "gym", "dm_control", "mujoco", "ale_py")
 
 
@@ -78,7 +78,7 @@ def test_layer_does_not_import(layer, banned):
 
 
 def test_torch_free_layers_load_without_torch():
-    code = ("import sys; import pixelplan.envs, pixelplan.data, pixelplan.config, pixelplan.envs.vector; "
+    code = ("import sys; import pixelplan.envs, pixelplan.data, pixelplan.config, pixelplan.spec, pixelplan.envs.vector; "
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pixelplan import config as config_lib
-from pixelplan.agents import AGENTS, TERMINATE, ObsSpec, make_agent
+from pixelplan.agents import AGENTS, ObsSpec, make_agent
 from pixelplan.agents.random import RandomAgent
 
 N_ACTIONS = 5
@@ -29,14 +29,16 @@ def inputs(rows: int = ROWS, spec: ObsSpec = SPEC):
 
 def actions(agent: RandomAgent, calls: int, explore: bool = True) -> np.ndarray:
     state, goal, t = inputs()
-    return np.stack([agent.act(state, goal, t, explore, env_steps=i) for i in range(calls)])
+    decisions = [agent.act(state, goal, t, explore, env_steps=i) for i in range(calls)]
+    assert not any(d.stop.any() for d in decisions)                # evaluation always runs to T
+    return np.stack([d.actions for d in decisions])
 
 
 def test_registered_and_declares_it_does_not_learn():
     assert "random" in AGENTS
     agent = make_random()
     assert agent.learns is False and RandomAgent.learns is False
-    assert agent.batch_size == 1 and agent.max_k == 1
+    assert agent.sampler is None
     assert agent.update(object()) == {}
     assert "floor row" in RandomAgent.__doc__
 
@@ -52,7 +54,6 @@ def test_actions_are_uniform_over_the_action_range(explore):
     got = actions(make_random(0), 2000, explore).ravel()        # 12,000 draws
     assert got.dtype == np.int64 and got.shape == (2000 * ROWS,)
     assert got.min() == 0 and got.max() == N_ACTIONS - 1
-    assert not np.any(got == TERMINATE)                         # evaluation always runs to T
     freq = np.bincount(got, minlength=N_ACTIONS) / len(got)
     assert np.allclose(freq, 1 / N_ACTIONS, atol=0.02), freq
 
@@ -61,7 +62,7 @@ def test_single_action_env_always_gets_action_zero():
     spec = ObsSpec(frame_shape=(4, 4, 3), frame_stack=1, n_actions=1, max_episode_steps=3)
     agent = make_random(0, spec)
     state, goal, t = inputs(3, spec)
-    assert agent.act(state, goal, t, False, 0).tolist() == [0, 0, 0]
+    assert agent.act(state, goal, t, False, 0).actions.tolist() == [0, 0, 0]
 
 
 def test_state_dict_round_trip_continues_the_same_sequence():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 
-from pixelplan.agents.base import TERMINATE, Agent, ObsSpec, resolve_device
+from pixelplan.agents.base import Agent, AgentBase, Decision, EnvSpec, ObsSpec, resolve_device
 
 
 def _glamor(cfg, spec, device, seed):
@@ -30,7 +30,7 @@ def _random(cfg, spec, device, seed):
 AGENTS = {"glamor": _glamor, "gcsl": _gcsl, "discern": _discern, "random": _random}
 
 
-def make_agent(name: str, cfg, spec: ObsSpec, device, seed: int) -> Agent:
+def make_agent(name: str, cfg, spec: EnvSpec, device, seed: int) -> Agent:
     if name not in AGENTS:
         close = difflib.get_close_matches(name, AGENTS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -38,4 +38,4 @@ def make_agent(name: str, cfg, spec: ObsSpec, device, seed: int) -> Agent:
     return AGENTS[name](cfg, spec, device, seed)
 
 
-__all__ = ["AGENTS", "TERMINATE", "Agent", "ObsSpec", "make_agent", "resolve_device"]
+__all__ = ["AGENTS", "Agent", "AgentBase", "Decision", "EnvSpec", "ObsSpec", "make_agent", "resolve_device"]

@@ -1,10 +1,22 @@
-"""What every agent shares: the shapes it is built for, and the interface the run loop uses.
+"""The agent contract: what every agent offers the drivers, and the parts agents share.
 
-An agent sees arrays and shapes, never an environment object. The run loop calls:
+An agent sees arrays and an :class:`~pixelplan.spec.EnvSpec`, never an environment
+object. The drivers (``pixelplan.runs``) use exactly what :class:`Agent` names, nothing found
+by ``hasattr``; :class:`AgentBase` gives the defaults an agent that needs no more inherits.
+The calls, in the order a driver makes them (docs/agents.md):
 
-* ``act(state, goal, t, explore, env_steps) -> actions``: one action per row; the value
-  ``TERMINATE`` means the agent declares the episode done (evaluation's early termination).
-* ``update(batch) -> metrics``: one gradient step on a hindsight batch from the replay.
+* ``begin_episodes(rows, goals, explore)``: the episodes of env rows ``rows`` start now, with
+  these goal frames (None on reward tasks). Per-episode state (a training plan, a pursued goal)
+  is keyed by these row ids, never by a position in a batch or by ``t == 0``.
+* ``act(state, goal, t, explore, env_steps, rows) -> Decision``: one action per row, and a
+  ``stop`` flag per row. ``stop`` is "end this episode now" (GLAMOR's END at evaluation), its
+  own signal, never an action value; a stopped row's action is not sent to the env.
+* ``end_episodes(rows, final_frames, goals, explore)``: those rows' episodes ended, here.
+* ``sampler`` and ``update(batch)``: a learning agent (``learns``) names the sampler its batches
+  come from (:mod:`pixelplan.data.samplers`); the driver draws ``sampler.sample(store, rng)``
+  and hands it to ``update``, at a replay ratio counted in the sampler's
+  ``samples_per_batch``. The driver reads no agent hyperparameter.
+* ``log_values(env_steps)``: figures the agent adds to each training log line.
 * ``state_dict()`` / ``load_state_dict()``: weights, optimiser, RNG and counters, for
   checkpoints and exact resume.
 
@@ -13,42 +25,94 @@ An agent sees arrays and shapes, never an environment object. The run loop calls
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-# An action value meaning "end this episode now" (only ever returned with explore=False).
-TERMINATE = -1
+from pixelplan.spec import EnvSpec
+
+__all__ = ["Agent", "AgentBase", "Decision", "EnvSpec", "Learner", "ObsSpec", "batch_rows", "check_batch",
+           "frames_to_channels", "linear_epsilon", "resolve_device"]
+
+#: the name agents were built with before EnvSpec generalised it (same fields, same order)
+ObsSpec = EnvSpec
 
 
-@dataclass(frozen=True)
-class ObsSpec:
-    """What an agent is built for: frame shape, stack depth, actions, episode length T."""
-    frame_shape: tuple[int, ...]
-    frame_stack: int
-    n_actions: int
-    max_episode_steps: int
+class Decision(NamedTuple):
+    """What an agent decided for a batch of rows.
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    actions: (B,) int64 for ``Discrete`` actions, (B, *action_shape) float32 for ``Box``.
+    stop:    (B,) bool: the agent declares the row's episode done; its action is ignored.
+    """
+
+    actions: np.ndarray
+    stop: np.ndarray
+
+    @classmethod
+    def go(cls, actions: np.ndarray) -> "Decision":
+        """Actions, no row stopping."""
+        actions = np.asarray(actions)
+        return cls(actions, np.zeros(len(actions), dtype=bool))
 
 
+@runtime_checkable
 class Agent(Protocol):
-    batch_size: int
-    # Optional, default True: an agent with ``learns = False`` (random) gets no replay and no
-    # updates from the run loop.
-    learns: bool
+    """Everything the drivers use (see the module doc)."""
 
-    def act(self, state: np.ndarray, goal: np.ndarray, t: np.ndarray, explore: bool,
-            env_steps: int) -> np.ndarray: ...
+    spec: EnvSpec
+    #: False: the driver keeps no store and makes no updates (the random agent)
+    learns: bool
+    #: draws the agent's training batches from an episode store; None when it does not learn
+    sampler: Any
+    #: planner trials at evaluation, where the agent plans (reported in summaries), else None
+    eval_trials: int | None
+
+    def begin_episodes(self, rows: np.ndarray, goals: np.ndarray | None, explore: bool) -> None: ...
+
+    def act(self, state: np.ndarray, goal: np.ndarray | None, t: np.ndarray, explore: bool, env_steps: int,
+            rows: np.ndarray | None = None) -> Decision: ...
+
+    def end_episodes(self, rows: np.ndarray, final_frames: np.ndarray, goals: np.ndarray | None,
+                     explore: bool) -> None: ...
 
     def update(self, batch) -> dict[str, float]: ...
+
+    def log_values(self, env_steps: int) -> dict[str, float]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class AgentBase:
+    """Defaults for the parts of :class:`Agent` an agent need not customise: it learns, keeps no
+    per-episode state, and plans nothing at evaluation."""
+
+    learns = True
+    sampler = None
+    eval_trials: int | None = None
+
+    def begin_episodes(self, rows: np.ndarray, goals: np.ndarray | None, explore: bool) -> None:
+        pass
+
+    def end_episodes(self, rows: np.ndarray, final_frames: np.ndarray, goals: np.ndarray | None,
+                     explore: bool) -> None:
+        pass
+
+    def log_values(self, env_steps: int) -> dict[str, float]:
+        """Figures the agent adds to each training log line (e.g. its collection epsilon)."""
+        return {}
+
+
+def batch_rows(rows: np.ndarray | None, n: int) -> np.ndarray:
+    """The env row ids of a batch of ``n`` (default: 0..n-1), checked to be one per row."""
+    if rows is None:
+        return np.arange(n)
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if len(rows) != n:
+        raise ValueError(f"rows must give one env row id per batch row, got {len(rows)} ids for {n} rows")
+    return rows
 
 
 class Learner:

@@ -52,9 +52,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pixelplan.agents.base import Learner, ObsSpec, check_batch, frames_to_channels, linear_epsilon
+from pixelplan.agents.base import (AgentBase, Decision, EnvSpec, Learner, batch_rows, check_batch, frames_to_channels,
+                                   linear_epsilon)
 from pixelplan.config import Config
 from pixelplan.data.replay import HindsightBatch
+from pixelplan.data.samplers import HindsightSampler
 from pixelplan.nets.encoders import make_encoder
 from pixelplan.nets.goal_policy import GoalTimeNet
 
@@ -76,13 +78,15 @@ class GoalEmbedding(nn.Module):
         return F.normalize(self.out(torch.relu(self.encoder(frames))), dim=-1)
 
 
-class DiscernAgent:
-    needs_next_state = True   # the run loop adds s_{t+1} to each batch
-
-    def __init__(self, cfg: Config, spec: ObsSpec, device: torch.device, seed: int):
+class DiscernAgent(AgentBase):
+    def __init__(self, cfg: Config, spec: EnvSpec, device: torch.device, seed: int):
+        spec.require_discrete("DISCERN")
+        spec.require_goals("DISCERN")
         self.shared, self.cfg, self.spec, self.device = cfg.shared, cfg.discern, spec, device
         self.batch_size = self.shared.batch_size
         self.max_k = self.shared.max_k or spec.max_episode_steps
+        # Batches carry s_{t+1} (with_next) for the one-step TD target.
+        self.sampler = HindsightSampler(self.batch_size, self.max_k, with_next=True)
         torch.manual_seed(seed)
         colours = spec.frame_shape[2] if len(spec.frame_shape) == 3 else 1
         hw = tuple(spec.frame_shape[:2])
@@ -103,33 +107,38 @@ class DiscernAgent:
         self._pursued: dict[int, np.ndarray] = {}   # env row -> goal of its current training episode
 
     # ------------------------------------------------------------------ acting
+    def begin_episodes(self, rows: np.ndarray, goals: np.ndarray | None, explore: bool) -> None:
+        """A training episode pursues a goal chosen now and kept to its end: a goal-buffer frame
+        (``goal_source = "buffer"``, once there is one) or the driver's goal."""
+        if not explore:
+            return
+        for i, row in enumerate(batch_rows(rows, len(goals))):
+            use_buffer = self.cfg.goal_source == "buffer" and self.goal_count > 0
+            chosen = self.goal_buffer[self.rng.integers(self.goal_count)] if use_buffer else goals[i]
+            self._pursued[int(row)] = chosen.copy()
+
     def act(self, state: np.ndarray, goal: np.ndarray, t: np.ndarray, explore: bool,
-            env_steps: int) -> np.ndarray:
+            env_steps: int, rows: np.ndarray | None = None) -> Decision:
         """Greedy in Q(s, g, T - t); epsilon-greedy towards goal-buffer goals when exploring."""
         check_batch("state", state, (self.spec.frame_stack, *self.spec.frame_shape))
         check_batch("goal", goal, self.spec.frame_shape)
         t = np.atleast_1d(np.asarray(t))
         n = len(t)
         if explore:
-            goal = self._training_goals(goal, t)
+            goal = np.stack([self._pursued.get(int(r), goal[i]) for i, r in enumerate(batch_rows(rows, n))])
             random_actions = self.rng.integers(self.spec.n_actions, size=n)
             if self.shared.collect == "random":
-                return random_actions
+                return Decision.go(random_actions)
         greedy = self.q_values(state, goal, np.maximum(self.spec.max_episode_steps - t, 1)).argmax(-1).cpu().numpy()
         if not explore:
-            return greedy
-        return np.where(self.rng.random(n) < self.epsilon(env_steps), random_actions, greedy)
-
-    def _training_goals(self, loop_goals: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """The goal each row pursues: chosen at its episode's first step, kept until the end."""
-        for i in np.flatnonzero(t == 0):
-            use_buffer = self.cfg.goal_source == "buffer" and self.goal_count > 0
-            chosen = self.goal_buffer[self.rng.integers(self.goal_count)] if use_buffer else loop_goals[i]
-            self._pursued[int(i)] = chosen.copy()
-        return np.stack([self._pursued.get(int(i), loop_goals[i]) for i in range(len(t))])
+            return Decision.go(greedy)
+        return Decision.go(np.where(self.rng.random(n) < self.epsilon(env_steps), random_actions, greedy))
 
     def epsilon(self, env_steps: int) -> float:
         return linear_epsilon(self.shared, env_steps)
+
+    def log_values(self, env_steps: int) -> dict[str, float]:
+        return {"epsilon": self.epsilon(env_steps)}
 
     @torch.no_grad()
     def q_values(self, state: np.ndarray, goal: np.ndarray, remaining: np.ndarray) -> torch.Tensor:
@@ -144,10 +153,14 @@ class DiscernAgent:
         return net(state, net.encode_goal(goal), remaining)
 
     # ------------------------------------------------- goal buffer, discriminator
-    def observe_episodes(self, final_frames: np.ndarray, goals: np.ndarray) -> None:
-        """Called by the run loop after each round: where each episode ended, and its goal."""
-        for i, final in enumerate(final_frames):
-            pursued = self._pursued.pop(i, goals[i])
+    def end_episodes(self, rows: np.ndarray, final_frames: np.ndarray, goals: np.ndarray | None,
+                     explore: bool) -> None:
+        """Where each training episode ended, and the goal it pursued: a discriminator pair, and
+        the final frame joins the goal buffer (evaluation episodes teach nothing)."""
+        if not explore:
+            return
+        for row, final, goal in zip(batch_rows(rows, len(final_frames)), final_frames, goals):
+            pursued = self._pursued.pop(int(row), goal)
             slot = self.pair_count % self.cfg.pairs_capacity
             self.pair_final[slot], self.pair_goal[slot] = final, pursued
             self.pair_count += 1

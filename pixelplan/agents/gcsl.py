@@ -36,17 +36,21 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from pixelplan.agents.base import Learner, ObsSpec, check_batch, frames_to_channels, linear_epsilon
+from pixelplan.agents.base import AgentBase, Decision, EnvSpec, Learner, check_batch, frames_to_channels, linear_epsilon
 from pixelplan.config import Config
 from pixelplan.data.replay import HindsightBatch
+from pixelplan.data.samplers import HindsightSampler
 from pixelplan.nets.goal_policy import GoalTimeNet
 
 
-class GcslAgent:
-    def __init__(self, cfg: Config, spec: ObsSpec, device: torch.device, seed: int):
+class GcslAgent(AgentBase):
+    def __init__(self, cfg: Config, spec: EnvSpec, device: torch.device, seed: int):
+        spec.require_discrete("GCSL")
+        spec.require_goals("GCSL")
         self.shared, self.cfg, self.spec, self.device = cfg.shared, cfg.gcsl, spec, device
         self.batch_size = self.shared.batch_size
         self.max_k = self.shared.max_k or spec.max_episode_steps
+        self.sampler = HindsightSampler(self.batch_size, self.max_k)
         torch.manual_seed(seed)
         self.policy = GoalTimeNet.for_frames(self.shared.encoder, spec.frame_shape, spec.frame_stack,
                                              self.shared.state_size, self.shared.mix_hidden, spec.n_actions,
@@ -58,7 +62,7 @@ class GcslAgent:
 
     # ------------------------------------------------------------------ acting
     def act(self, state: np.ndarray, goal: np.ndarray, t: np.ndarray, explore: bool,
-            env_steps: int) -> np.ndarray:
+            env_steps: int, rows: np.ndarray | None = None) -> Decision:
         """One action per row: sampled from pi(. | s, g, T - t), epsilon-greedy when exploring."""
         check_batch("state", state, (self.spec.frame_stack, *self.spec.frame_shape))
         check_batch("goal", goal, self.spec.frame_shape)
@@ -66,15 +70,15 @@ class GcslAgent:
         n = len(t)
         random_actions = self.rng.integers(self.spec.n_actions, size=n)
         if explore and self.shared.collect == "random":
-            return random_actions
+            return Decision.go(random_actions)
         remaining = np.maximum(self.spec.max_episode_steps - t, 1)
         logits = self.logits(state, goal, remaining)
         if not explore and self.cfg.eval_action == "greedy":
-            return logits.argmax(-1).cpu().numpy()
+            return Decision.go(logits.argmax(-1).cpu().numpy())
         actions = torch.multinomial(F.softmax(logits, -1), 1, generator=self.generator)[:, 0].cpu().numpy()
         if explore:
             actions = np.where(self.rng.random(n) < self.epsilon(env_steps), random_actions, actions)
-        return actions
+        return Decision.go(actions)
 
     @torch.no_grad()
     def logits(self, state: np.ndarray, goal: np.ndarray, remaining: np.ndarray) -> torch.Tensor:
@@ -83,6 +87,9 @@ class GcslAgent:
 
     def epsilon(self, env_steps: int) -> float:
         return linear_epsilon(self.shared, env_steps)
+
+    def log_values(self, env_steps: int) -> dict[str, float]:
+        return {"epsilon": self.epsilon(env_steps)}
 
     def _forward(self, state, goal, remaining) -> torch.Tensor:
         dev, nd = self.device, len(self.spec.frame_shape)

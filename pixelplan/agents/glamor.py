@@ -61,9 +61,11 @@ from torch import nn
 from torch.nn import functional as F
 from torch.optim import swa_utils
 
-from pixelplan.agents.base import TERMINATE, Learner, ObsSpec, check_batch, frames_to_channels, linear_epsilon
+from pixelplan.agents.base import (AgentBase, Decision, EnvSpec, Learner, batch_rows, check_batch, frames_to_channels,
+                                   linear_epsilon)
 from pixelplan.config import Config, GlamorConfig, SharedConfig
 from pixelplan.data.replay import PAD, HindsightBatch
+from pixelplan.data.samplers import HindsightSampler
 from pixelplan.nets.action_model import ActionSequenceModel, TokenStepper
 from pixelplan.nets.encoders import make_encoder
 from pixelplan.planners.shooting import Plans, best_of, sample_plans
@@ -75,7 +77,7 @@ _GOAL_CACHE_SIZE = 4096
 class GlamorModel(nn.Module):
     """Encoders, the state-goal mixer, and the two action-sequence heads."""
 
-    def __init__(self, shared: SharedConfig, cfg: GlamorConfig, spec: ObsSpec):
+    def __init__(self, shared: SharedConfig, cfg: GlamorConfig, spec: EnvSpec):
         super().__init__()
         self.spec = spec
         frame_hw = tuple(spec.frame_shape[:2])
@@ -101,11 +103,14 @@ class GlamorModel(nn.Module):
         return self.mix(torch.cat([s, goal_features], -1)), s
 
 
-class GlamorAgent:
-    def __init__(self, cfg: Config, spec: ObsSpec, device: torch.device, seed: int):
+class GlamorAgent(AgentBase):
+    def __init__(self, cfg: Config, spec: EnvSpec, device: torch.device, seed: int):
+        spec.require_discrete("GLAMOR")
+        spec.require_goals("GLAMOR")
         self.shared, self.cfg, self.spec, self.device = cfg.shared, cfg.glamor, spec, device
         self.batch_size = self.shared.batch_size
         self.max_k = self.shared.max_k or spec.max_episode_steps
+        self.sampler = HindsightSampler(self.batch_size, self.max_k)
         torch.manual_seed(seed)
         self.model = GlamorModel(self.shared, self.cfg, spec).to(device)
         self.learner = Learner.from_shared(self.model.parameters(), self.shared)
@@ -122,54 +127,68 @@ class GlamorAgent:
         # overrides without writing into the config.
         self.eval_trials = self.cfg.eval_trials or self.cfg.trials
         self._open_loop: dict[int, np.ndarray] = {}   # env row -> its current training plan
+        self._to_plan: set[int] = set()               # env rows whose training episode needs a plan
         # Goal-encoder features by goal frame, valid while the weights do not change: under
         # MPC the goal stays fixed for a whole episode, so it is encoded once, not every step.
         self._goal_cache: dict[bytes, torch.Tensor] = {}
         self._goal_cache_updates = 0
 
     # ------------------------------------------------------------------ acting
+    def begin_episodes(self, rows: np.ndarray, goals: np.ndarray | None, explore: bool) -> None:
+        """A training episode gets one open-loop plan, made at its first step (section 3.6)."""
+        if explore:
+            for row in np.asarray(rows).reshape(-1):
+                self._open_loop.pop(int(row), None)
+                self._to_plan.add(int(row))
+
     def act(self, state: np.ndarray, goal: np.ndarray, t: np.ndarray, explore: bool,
-            env_steps: int) -> np.ndarray:
-        """Actions for a batch of rows; ``TERMINATE`` where an evaluation plan says END now."""
+            env_steps: int, rows: np.ndarray | None = None) -> Decision:
+        """Actions for a batch of rows; ``stop`` where an evaluation plan says END now."""
         check_batch("state", state, (self.spec.frame_stack, *self.spec.frame_shape))
         check_batch("goal", goal, self.spec.frame_shape)
         t = np.asarray(t)
+        rows = batch_rows(rows, len(t))
         if explore:
-            return self._collect(state, goal, t, env_steps)
+            return Decision.go(self._collect(state, goal, t, env_steps, rows))
         T = self.spec.max_episode_steps
         trials = self.eval_trials
         plans = self.plan(state, goal, np.maximum(T - t, 0), trials)
         first = plans.actions[:, 0].cpu().numpy() if plans.actions.shape[1] else np.full(len(t), -1)
         if self.cfg.termination == "early":
-            return np.where(plans.lengths.cpu().numpy() == 0, TERMINATE, first)
+            stop = plans.lengths.cpu().numpy() == 0
+            return Decision(np.where(stop, 0, first), stop)
         # plan_end: plans use all remaining steps; at t = T there is nothing left to do.
-        return np.where(first < 0, self.rng.integers(self.spec.n_actions, size=len(t)), first)
+        return Decision.go(np.where(first < 0, self.rng.integers(self.spec.n_actions, size=len(t)), first))
 
     def epsilon(self, env_steps: int) -> float:
         return linear_epsilon(self.shared, env_steps)
 
-    def _collect(self, state, goal, t, env_steps) -> np.ndarray:
+    def log_values(self, env_steps: int) -> dict[str, float]:
+        return {"epsilon": self.epsilon(env_steps)}
+
+    def _collect(self, state, goal, t, env_steps, rows) -> np.ndarray:
         n = len(t)
         random_actions = self.rng.integers(self.spec.n_actions, size=n)
         if self.shared.collect == "random":
             return random_actions
         eps = self.epsilon(env_steps)
-        starting = np.flatnonzero(t == 0)
+        starting = np.array([i for i, row in enumerate(rows) if int(row) in self._to_plan], dtype=np.int64)
         if len(starting):
             if eps >= 1.0:
                 for i in starting:
-                    self._open_loop[int(i)] = np.zeros(0, dtype=np.int64)
+                    self._open_loop[int(rows[i])] = np.zeros(0, dtype=np.int64)
             else:
                 T = self.spec.max_episode_steps
                 plans = self.plan(state[starting], goal[starting], np.full(len(starting), T),
                                   self.cfg.trials)
                 acts, lens = plans.actions.cpu().numpy(), plans.lengths.cpu().numpy()
                 for j, i in enumerate(starting):
-                    self._open_loop[int(i)] = acts[j, :lens[j]]
+                    self._open_loop[int(rows[i])] = acts[j, :lens[j]]
+            self._to_plan.difference_update(int(rows[i]) for i in starting)
         actions = random_actions.copy()
         take_plan = self.rng.random(n) >= eps
         for i in range(n):
-            plan = self._open_loop.get(i)
+            plan = self._open_loop.get(int(rows[i]))
             if plan is not None and t[i] < len(plan) and take_plan[i]:
                 actions[i] = plan[t[i]]
         return actions
@@ -268,7 +287,8 @@ class GlamorAgent:
         return {"model": self.model.state_dict(), **self.learner.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "rng": self.rng.bit_generator.state, "sample_rng": self.sample_rng.bit_generator.state,
-                "generator": self.generator.get_state(), "open_loop": dict(self._open_loop)}
+                "generator": self.generator.get_state(), "open_loop": dict(self._open_loop),
+                "to_plan": sorted(self._to_plan)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -280,4 +300,5 @@ class GlamorAgent:
             self.sample_rng.bit_generator.state = state["sample_rng"]
         self.generator.set_state(state["generator"])
         self._open_loop = dict(state["open_loop"])
+        self._to_plan = set(state.get("to_plan", ()))   # checkpoints are cut between rounds: none pending
         self._goal_cache.clear()

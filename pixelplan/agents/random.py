@@ -1,14 +1,16 @@
 """The random agent: uniform random actions, no learning.
 
-It is the floor row of every results table: whatever an agent scores, it has to beat the
-success rate of acting at random for the same number of steps. It sees the same shapes
-as every other agent and goes through the same run loop, so its numbers are measured
-exactly like theirs:
+It is the floor row of every results table: whatever an agent scores, it has to beat acting
+at random for the same number of steps (the success rate on goal tasks, the return on reward
+tasks). It sees the same spec as every other agent and goes through the same drivers, so its
+numbers are measured exactly like theirs:
 
-* ``act`` draws one action per row, uniform over ``spec.n_actions``, whether exploring or
-  evaluating. It never returns ``TERMINATE``, so evaluation episodes run to T.
-* ``learns = False`` tells the run loop to skip replay sampling and updates; ``update``
-  still exists (and returns ``{}``) so the agent fits the common interface.
+* ``act`` draws one action per row, whether exploring or evaluating: uniform over
+  ``0..n_actions-1`` for ``Discrete`` actions, uniform in ``[low, high]`` per entry for a
+  ``Box``. It never stops an episode early, so evaluation episodes run to T. Goals are not
+  needed (None on reward tasks) and not read beyond their shape.
+* ``learns = False`` tells the drivers to keep no store and make no updates; ``update`` still
+  exists (and returns ``{}``) so the agent fits the contract (agents/base.py).
 * The only state is its own numpy Generator, seeded from ``seed``; ``state_dict`` holds
   it, so a resumed run draws exactly the actions an uninterrupted one would.
 """
@@ -20,32 +22,34 @@ from typing import Any
 import numpy as np
 import torch
 
-from pixelplan.agents.base import ObsSpec, check_batch
+from pixelplan.agents.base import AgentBase, Decision, EnvSpec, check_batch
 
 
-class RandomAgent:
+class RandomAgent(AgentBase):
     """Uniform random actions: the floor row of every results table (see the module doc)."""
 
-    learns = False     # the run loop skips replay sampling and updates
-    batch_size = 1     # what the loop would sample if it did not skip; never used to learn
-    max_k = 1
+    learns = False     # the drivers keep no store and make no updates
 
-    def __init__(self, cfg, spec: ObsSpec, device: torch.device, seed: int):
-        if spec.n_actions < 1:
-            raise ValueError(f"the random agent needs at least one action, got n_actions={spec.n_actions}")
+    def __init__(self, cfg, spec: EnvSpec, device: torch.device, seed: int):
         self.cfg, self.spec, self.device = cfg, spec, device
         self.rng = np.random.default_rng(seed)
+        self._bounds = None if spec.discrete else spec.action_bounds()
 
-    def act(self, state: np.ndarray, goal: np.ndarray, t: np.ndarray, explore: bool,
-            env_steps: int) -> np.ndarray:
-        """One uniform random action in ``0..n_actions-1`` per row (never ``TERMINATE``)."""
+    def act(self, state: np.ndarray, goal: np.ndarray | None, t: np.ndarray, explore: bool,
+            env_steps: int, rows: np.ndarray | None = None) -> Decision:
+        """One uniform random action per row (never a stop)."""
         check_batch("state", state, (self.spec.frame_stack, *self.spec.frame_shape))
-        check_batch("goal", goal, self.spec.frame_shape)
+        if goal is not None:
+            check_batch("goal", goal, self.spec.frame_shape)
         t = np.atleast_1d(np.asarray(t))
-        if not len(state) == len(goal) == len(t):
+        if len(state) != len(t) or (goal is not None and len(goal) != len(state)):
             raise ValueError(f"state, goal and t must have one row each per env, got {len(state)} states, "
-                             f"{len(goal)} goals and {len(t)} time steps")
-        return self.rng.integers(self.spec.n_actions, size=len(state), dtype=np.int64)
+                             f"{'no' if goal is None else len(goal)} goals and {len(t)} time steps")
+        if self._bounds is None:
+            return Decision.go(self.rng.integers(self.spec.n_actions, size=len(state), dtype=np.int64))
+        low, high = self._bounds
+        u = self.rng.random((len(state), *self.spec.action_shape))
+        return Decision.go((low + u * (high - low)).astype(np.float32))
 
     def update(self, batch) -> dict[str, float]:
         """Nothing to learn."""

@@ -15,15 +15,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["PAD", "HindsightBatch", "ReplayBuffer", "ReplayTooLarge", "available_memory", "check_replay_fits"]
+__all__ = ["PAD", "FLOAT_PAD", "HindsightBatch", "ReplayBuffer", "ReplayTooLarge", "available_memory", "check_replay_fits"]
 
-#: Padding value for action slots beyond ``k`` (and the per-slot action at an episode's final frame).
+#: Padding value for discrete action slots beyond ``k`` (and the per-slot action at an
+#: episode's final frame). Float actions are padded with :data:`FLOAT_PAD` instead.
 PAD = -1
+FLOAT_PAD = 0.0
 
-# Per-slot metadata arrays (besides the frames); each is int64 of shape (capacity,).
-_META = ("actions", "pos", "ep_len", "ep_id")
+# Per-slot int64 metadata arrays of shape (capacity,), besides the frames, actions and rewards.
+_META = ("pos", "ep_len", "ep_id")
 # What each per-slot array holds in a slot never written.
-_EMPTY_SLOT = {"actions": PAD, "pos": 0, "ep_len": 0, "ep_id": -1}
+_EMPTY_SLOT = {"pos": 0, "ep_len": 0, "ep_id": -1}
 
 
 class HindsightBatch(NamedTuple):
@@ -31,7 +33,8 @@ class HindsightBatch(NamedTuple):
 
     state:   uint8 (B, frame_stack, *frame_shape), oldest frame first; ``state[:, -1]`` is the start frame.
     goal:    uint8 (B, *frame_shape), the frame ``k`` steps after the start in the same episode.
-    actions: int64 (B, max_k), a_1..a_k then ``PAD``.
+    actions: int64 (B, max_k), a_1..a_k then ``PAD``; for float actions float32
+             (B, max_k, *action_shape), padded with ``FLOAT_PAD``.
     k:       int64 (B,), number of steps from start to goal (0 at an episode's final frame).
     start:   int64 (B,), ring slot of the start frame.
     next_state: uint8 like ``state``, the stack one step after the start (the start's own
@@ -55,9 +58,14 @@ class ReplayBuffer:
     retained episode is complete. Because episodes are written in order and evicted oldest
     first, the retained slots always form one contiguous arc of the ring ending at the
     write position; sampling a valid slot is therefore O(1).
+
+    The per-step schema: ``action_shape`` and ``action_dtype`` say what an action is (a
+    discrete index: ``()`` and int64, the default; a continuous action: its shape and float32),
+    and every step has a float32 reward.
     """
 
-    def __init__(self, capacity: int, frame_shape: tuple[int, ...], frame_stack: int = 4):
+    def __init__(self, capacity: int, frame_shape: tuple[int, ...], frame_stack: int = 4,
+                 action_shape: tuple[int, ...] = (), action_dtype: str | np.dtype = "int64"):
         capacity = int(capacity)
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
@@ -67,13 +75,23 @@ class ReplayBuffer:
         frame_shape = tuple(int(d) for d in frame_shape)
         if any(d < 1 for d in frame_shape):
             raise ValueError(f"frame_shape dimensions must be >= 1, got {frame_shape}")
+        action_dtype = np.dtype(action_dtype)
+        if action_dtype not in (np.dtype(np.int64), np.dtype(np.float32)):
+            raise ValueError(f"action_dtype must be int64 (discrete) or float32 (continuous), got {action_dtype}")
+        action_shape = tuple(int(d) for d in action_shape)
+        if action_dtype == np.int64 and action_shape:
+            raise ValueError(f"discrete actions are scalars: action_shape must be (), got {action_shape}")
         self.capacity = capacity
         self.frame_shape = frame_shape
         self.frame_stack = frame_stack
+        self.action_shape = action_shape
+        self.action_dtype = action_dtype
+        self.discrete = action_dtype == np.int64
+        self.pad = PAD if self.discrete else FLOAT_PAD
 
         self._frames = np.zeros((capacity, *frame_shape), dtype=np.uint8)
-        # Action taken at the slot's frame, or PAD at an episode's final frame.
-        self._actions = np.full(capacity, PAD, dtype=np.int64)
+        # Action taken at the slot's frame, or the pad value at an episode's final frame.
+        self._actions = np.full((capacity, *action_shape), self.pad, dtype=action_dtype)
         # Reward the env returned for that action (0 at an episode's final frame, and on goal tasks).
         self._rewards = np.zeros(capacity, dtype=np.float32)
         # Position of the slot's frame within its episode (0 = first observation).
@@ -108,21 +126,25 @@ class ReplayBuffer:
     @property
     def nbytes(self) -> int:
         """Memory of all preallocated arrays."""
-        return int(self._frames.nbytes + self._rewards.nbytes + sum(getattr(self, "_" + n).nbytes for n in _META))
+        return int(self._frames.nbytes + self._actions.nbytes + self._rewards.nbytes
+                   + sum(getattr(self, "_" + n).nbytes for n in _META))
 
     @staticmethod
-    def bytes_needed(capacity: int, frame_shape: tuple[int, ...]) -> int:
-        """Memory the arrays of a buffer with this capacity and frame shape will take."""
+    def bytes_needed(capacity: int, frame_shape: tuple[int, ...], action_shape: tuple[int, ...] = ()) -> int:
+        """Memory the arrays of a buffer with this capacity, frame shape and action shape will
+        take (an int64 index, or float32 entries of ``action_shape``)."""
         capacity = int(capacity)
         per_frame = math.prod(int(d) for d in frame_shape)
-        return capacity * (per_frame + 8 * len(_META) + 4)     # + the float32 reward
+        per_action = 4 * math.prod(action_shape) if action_shape else 8
+        return capacity * (per_frame + 8 * len(_META) + per_action + 4)     # + the float32 reward
 
     # ------------------------------------------------------------------ writing
     def add_episode(self, frames: np.ndarray, actions: np.ndarray, rewards: np.ndarray | None = None) -> None:
         """Append one whole episode.
 
         frames: (L+1, *frame_shape) uint8, the first observation and the one after each action.
-        actions: (L,) integers >= 0, ``actions[i]`` taken at ``frames[i]``.
+        actions: (L,) integers >= 0 (discrete), or (L, *action_shape) finite floats;
+            ``actions[i]`` taken at ``frames[i]``.
         rewards: (L,) finite floats, ``rewards[i]`` returned for ``actions[i]``; None = zeros.
         """
         frames = np.asarray(frames)
@@ -140,15 +162,18 @@ class ReplayBuffer:
         n = frames.shape[0]
         if n < 1:
             raise ValueError("an episode needs at least one frame (the first observation)")
-        if actions.ndim != 1:
-            raise ValueError(f"actions must be 1-D, got shape {tuple(actions.shape)}")
-        if actions.size and not np.issubdtype(actions.dtype, np.integer):
+        if actions.ndim != 1 + len(self.action_shape) or tuple(actions.shape[1:]) != self.action_shape:
+            raise ValueError(f"actions must have shape (L, *{self.action_shape}), got {tuple(actions.shape)}")
+        if self.discrete and actions.size and not np.issubdtype(actions.dtype, np.integer):
             raise ValueError(f"actions must be integers, got dtype {actions.dtype}")
+        if not self.discrete and actions.size and not (np.issubdtype(actions.dtype, np.number)
+                                                        and np.isfinite(actions).all()):
+            raise ValueError(f"continuous actions must be finite numbers, got dtype {actions.dtype}")
         if actions.shape[0] != n - 1:
             raise ValueError(
                 f"len(actions) must be len(frames) - 1 = {n - 1}, got {actions.shape[0]}"
             )
-        if actions.size and actions.min() < 0:
+        if self.discrete and actions.size and actions.min() < 0:
             raise ValueError(f"actions must be >= 0 ({PAD} is reserved for padding)")
         if n > self.capacity:
             raise ValueError(
@@ -171,7 +196,7 @@ class ReplayBuffer:
 
         ep_id = self._next_id
         self._next_id += 1
-        acts = np.full(n, PAD, dtype=np.int64)
+        acts = np.full((n, *self.action_shape), self.pad, dtype=self.action_dtype)
         acts[: n - 1] = actions
         self._set_slots(w, n, self._frames, frames)
         self._set_slots(w, n, self._actions, acts)
@@ -231,7 +256,7 @@ class ReplayBuffer:
         return self._rewards[np.asarray(slots, dtype=np.int64)]
 
     def actions_at(self, slots: np.ndarray) -> np.ndarray:
-        """The action taken at each slot's frame (``PAD`` at an episode's final frame)."""
+        """The action taken at each slot's frame (the pad value at an episode's final frame)."""
         return self._actions[np.asarray(slots, dtype=np.int64)]
 
     def positions(self, slots: np.ndarray) -> np.ndarray:
@@ -298,7 +323,8 @@ class ReplayBuffer:
         goal = self._frames[(starts + ks) % C]
         steps = np.arange(max_k, dtype=np.int64)
         acts = self._actions[(starts[:, None] + steps) % C]
-        acts = np.where(steps < ks[:, None], acts, PAD)
+        within = (steps < ks[:, None]).reshape(*ks.shape, max_k, *([1] * len(self.action_shape)))
+        acts = np.where(within, acts, np.asarray(self.pad, dtype=self.action_dtype))
         next_state = self._stacks(ep_start, pos + (left > 0)) if with_next else None
         return HindsightBatch(state=state, goal=goal, actions=acts, k=ks, start=starts, next_state=next_state)
 
@@ -324,6 +350,7 @@ class ReplayBuffer:
             "frame_shape": np.array(self.frame_shape, dtype=np.int64),
             "frame_stack": self.frame_stack,
             "frames": c(self._frames[:used]),
+            "actions": c(self._actions[:used]),
             **{n: c(getattr(self, "_" + n)[:used]) for n in _META},
             "rewards": c(self._rewards[:used]),
             "episodes": eps,
@@ -352,6 +379,10 @@ class ReplayBuffer:
         for n in _META:
             if np.shape(state[n]) != (used,):
                 raise ValueError(f"state_dict[{n!r}] must have shape ({used},), got {np.shape(state[n])}")
+        actions = np.asarray(state["actions"])
+        if actions.shape != (used, *self.action_shape) or actions.dtype != self.action_dtype:
+            raise ValueError(f"state_dict actions are {actions.dtype} {actions.shape}, this buffer stores "
+                             f"{self.action_dtype} ({used}, *{self.action_shape})")
         eps = np.asarray(state["episodes"], dtype=np.int64).reshape(-1, 3)
         self._frames[:used] = frames
         self._frames[used:] = 0
@@ -359,6 +390,8 @@ class ReplayBuffer:
             arr = getattr(self, "_" + n)
             arr[:used] = np.asarray(state[n])
             arr[used:] = _EMPTY_SLOT[n]
+        self._actions[:used] = actions
+        self._actions[used:] = self.pad
         # Checkpoints from before rewards were stored have none: those runs had reward 0.
         rewards = np.asarray(state.get("rewards", np.zeros(used, np.float32)))
         if rewards.shape != (used,):
@@ -393,14 +426,14 @@ def available_memory() -> int | None:
 
 
 def check_replay_fits(capacity: int, frame_shape: tuple[int, ...], available: int | None = None,
-                      reserve: int = 3 * 2**30) -> int:
+                      reserve: int = 3 * 2**30, action_shape: tuple[int, ...] = ()) -> int:
     """Refuse, before training starts, a replay that this machine could not hold.
 
     The arrays are allocated lazily (numpy's zeros), so a too-large buffer would only fail
     when the ring fills, hours into a run. ``reserve`` bytes are kept for everything else
     (model, batches, env processes). Returns the bytes the buffer needs.
     """
-    need = ReplayBuffer.bytes_needed(capacity, frame_shape)
+    need = ReplayBuffer.bytes_needed(capacity, frame_shape, action_shape)
     available = available_memory() if available is None else available
     if available is not None and need + reserve > available:
         per_frame = need / max(1, int(capacity))

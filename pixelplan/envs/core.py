@@ -28,7 +28,9 @@ from typing import Any, Callable, Sequence
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["GoalSpec", "Goal", "GoalEnv", "GymGoalEnv", "check_goal_frame", "as_rng", "random_action"]
+from pixelplan.spec import EnvSpec
+
+__all__ = ["GoalSpec", "Goal", "GoalEnv", "GymGoalEnv", "check_goal_frame", "as_rng", "random_action", "spec_of"]
 
 #: ranges narrower than this are treated as 1 when deriving tolerances and
 #: normalising (the GLAMOR authors' rule; avoids zero/huge tolerances).
@@ -274,7 +276,7 @@ class GoalEnv(gym.Env):
 
     goal_spec: GoalSpec
     max_episode_steps: int
-    #: the task's kind (see :mod:`pixelplan.envs.spec`): a goal task hands out goals and pays 0; a
+    #: the task's kind (see :mod:`pixelplan.spec`): a goal task hands out goals and pays 0; a
     #: reward task (``has_goals = False``, ``has_reward = True``) passes its own reward through and
     #: has no goal sets, ``goal_spec`` or features
     has_goals: bool = True
@@ -656,3 +658,24 @@ class GymGoalEnv(GoalEnv):
 
     def close(self) -> None:
         self.env.close()
+
+
+def spec_of(env: gym.Env) -> EnvSpec:
+    """The :class:`EnvSpec` of a goal env, or of a frame stack of one (``env.k`` frames)."""
+    base = env.unwrapped
+    space = env.action_space
+    common = dict(frame_shape=tuple(base.observation_space.shape), frame_stack=int(getattr(env, "k", 1)),
+                  max_episode_steps=int(base.max_episode_steps), has_reward=bool(getattr(base, "has_reward", False)),
+                  has_goals=bool(getattr(base, "has_goals", True)))
+    if isinstance(space, gym.spaces.Discrete):
+        if int(space.start) != 0:
+            raise ValueError(f"Discrete action spaces must start at 0, got {space}")
+        return EnvSpec(n_actions=int(space.n), **common)
+    if isinstance(space, gym.spaces.Box):
+        low = np.broadcast_to(np.asarray(space.low, np.float64), space.shape).reshape(-1)
+        high = np.broadcast_to(np.asarray(space.high, np.float64), space.shape).reshape(-1)
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+            raise ValueError(f"Box action spaces need finite bounds (agents sample and clip within them), got {space}")
+        return EnvSpec(n_actions=None, action_shape=tuple(space.shape), action_low=tuple(low.tolist()),
+                       action_high=tuple(high.tolist()), **common)
+    raise ValueError(f"pixelplan envs have Discrete(n) or Box(low, high, shape) actions, got {space}")

@@ -155,6 +155,15 @@ def _worker(conn, blob: bytes, count: int) -> None:
         return  # the parent is going away
 
 
+def _action_value(action):
+    """What one env's ``step`` gets: a Python int for a discrete action, else a float32 copy
+    (a copy: the caller's batch array may change before a worker process reads it)."""
+    arr = np.asarray(action)
+    if arr.ndim == 0 and np.issubdtype(arr.dtype, np.integer):
+        return int(arr)
+    return np.array(arr, dtype=np.float32)
+
+
 class EnvPool:
     """``n`` envs made by ``factory``; rows are addressed by index 0..n-1.
 
@@ -224,10 +233,11 @@ class EnvPool:
         results = self._call("reset", rows, [int(s) for s in seeds])
         return np.stack([r[0] for r in results]), [r[1] for r in results]
 
-    def step(self, rows: Sequence[int], actions: Sequence[int]):
-        """Step ``rows``; returns ``(obs, rewards, terminated, truncated, infos)`` for those
-        rows, as Gymnasium's step does (rewards float64, the env's own)."""
-        results = self._call("step", rows, [int(a) for a in actions])
+    def step(self, rows: Sequence[int], actions):
+        """Step ``rows`` with one action each (an int for ``Discrete`` envs, a float array of the
+        action shape for ``Box`` envs); returns ``(obs, rewards, terminated, truncated, infos)``
+        for those rows, as Gymnasium's step does (rewards float64, the env's own)."""
+        results = self._call("step", rows, [_action_value(a) for a in actions])
         obs = np.stack([r[0] for r in results])
         rewards = np.array([float(r[1]) for r in results], dtype=np.float64)
         terminated = np.array([bool(r[2]) for r in results])

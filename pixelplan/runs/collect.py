@@ -38,7 +38,7 @@ def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "ra
             env_options: dict[str, str] | None = None, seed: int = 0, shard_episodes: int = 100,
             n_envs: int = 8, workers: int = 0, progress: bool = True) -> dict:
     """Collect ``episodes`` episodes of ``env`` into the dataset file ``out``; returns its attrs."""
-    from pixelplan.runs.train import parse_env_options
+    from pixelplan.runs.common import parse_env_options
 
     env_options = dict(env_options or {})
     _check(agent, episodes, seed, shard_episodes, n_envs, workers)

@@ -1,9 +1,13 @@
-"""Evaluation: one episode per goal, all goals side by side, the agent acting without exploration.
+"""Evaluation: one episode per goal (goal tasks) or per seed (reward tasks), side by side, the
+agent acting without exploration.
 
-A goal counts as achieved when the env's ``GoalSpec`` says the features at the episode's
-end (T, or the step at which the agent returned TERMINATE) are within tolerance of the
-goal's features. Where the env knows shortest paths (the grid world), an episode is
-*optimal* when it achieved the goal and took exactly the shortest-path number of steps.
+Goal tasks: a goal counts as achieved when the env's ``GoalSpec`` says the features at the
+episode's end (T, or the step at which the agent stopped it) are within tolerance of the
+goal's features. Where the env knows shortest paths (the grid world), an episode is *optimal*
+when it achieved the goal and took exactly the shortest-path number of steps.
+
+Reward tasks: an episode's return is the sum of the rewards the env returned, and the metric
+is their mean (``mean_return``). Every episode's return is reported on goal tasks too (0 there).
 
 Each evaluation episode resets its env with a fixed seed (``eval_seed + episode index``),
 so every evaluation of every agent starts from the same states.
@@ -16,36 +20,47 @@ from typing import Callable
 
 import numpy as np
 
-from pixelplan.agents.base import TERMINATE, Agent
+from pixelplan.agents.base import Agent
 from pixelplan.envs.vector import EnvPool
+
+#: evaluation episodes of a reward task when the config does not say (goal tasks: one per goal)
+REWARD_EVAL_EPISODES = 10
 
 
 @dataclass
 class EvalResult:
-    success: np.ndarray                  # (episodes,) bool
     steps: np.ndarray                    # (episodes,) int: actions taken
+    returns: np.ndarray                  # (episodes,) float64: sum of the env's rewards
+    success: np.ndarray | None           # (episodes,) bool, goal tasks
     optimal: np.ndarray | None           # (episodes,) bool, where shortest paths are known
-    goal_frames: np.ndarray              # (episodes, *frame_shape)
+    goal_frames: np.ndarray | None       # (episodes, *frame_shape), goal tasks
     final_frames: np.ndarray             # (episodes, *frame_shape)
-    goal_index: np.ndarray               # (episodes,) which goal of the set
+    goal_index: np.ndarray | None        # (episodes,) which goal of the set, goal tasks
     extra: dict = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
-        out = {"success_rate": float(self.success.mean()), "mean_steps": float(self.steps.mean()),
-               "eval_episodes": int(len(self.success))}
+        out: dict[str, float] = {}
+        if self.success is not None:
+            out["success_rate"] = float(self.success.mean())
+        out.update(mean_steps=float(self.steps.mean()), eval_episodes=int(len(self.steps)))
         if self.optimal is not None:
             out["optimal_rate"] = float(self.optimal.mean())
+        if self.success is None or np.any(self.returns != 0):   # goal tasks pay 0: no column of zeros
+            out["mean_return"] = float(self.returns.mean())
         return out
 
 
-def evaluate(agent: Agent, make_env: Callable[[], object], goals: list, episodes: int | None = None,
+def evaluate(agent: Agent, make_env: Callable[[], object], goals: list | None, episodes: int | None = None,
              batch: int = 64, eval_seed: int = 10_000, pool: EnvPool | None = None) -> EvalResult:
-    """Run ``episodes`` evaluation episodes (default: one per goal, cycling through ``goals``).
+    """Run ``episodes`` evaluation episodes: on a goal task one per goal by default, cycling
+    through ``goals``; on a reward task (``goals`` None) ``REWARD_EVAL_EPISODES`` by default.
 
     Up to ``batch`` episodes run side by side in an :class:`EnvPool` of ``make_env`` envs
     (in this process), or in ``pool`` when given (its size is then the batch).
     """
-    episodes = len(goals) if episodes is None else episodes
+    if goals is not None and not len(goals):
+        raise ValueError("evaluation of a goal task needs at least one goal")
+    episodes = (len(goals) if goals is not None else REWARD_EVAL_EPISODES) if episodes is None else episodes
     if episodes < 1:
         raise ValueError(f"evaluation needs at least one episode, got {episodes}")
     own = pool is None
@@ -57,42 +72,52 @@ def evaluate(agent: Agent, make_env: Callable[[], object], goals: list, episodes
     finally:
         if own:
             pool.close()
-    cat = lambda key: np.concatenate([p[key] for p in parts])  # noqa: E731
-    optimal = None if any(p["optimal"] is None for p in parts) else cat("optimal")
-    return EvalResult(success=cat("success"), steps=cat("steps"), optimal=optimal,
-                      goal_frames=cat("goal_frames"), final_frames=cat("final_frames"),
-                      goal_index=cat("goal_index"))
+
+    def cat(key):
+        return None if any(p[key] is None for p in parts) else np.concatenate([p[key] for p in parts])
+
+    return EvalResult(steps=cat("steps"), returns=cat("returns"), success=cat("success"), optimal=cat("optimal"),
+                      goal_frames=cat("goal_frames"), final_frames=cat("final_frames"), goal_index=cat("goal_index"))
 
 
 def _run_chunk(agent, pool: EnvPool, goals, episode_ids, eval_seed) -> dict:
     n = len(episode_ids)
-    goal_index = np.array([e % len(goals) for e in episode_ids])
-    chosen = [goals[g] for g in goal_index]
-    goal_frames = np.stack([g.frame for g in chosen])
-    obs, infos = pool.reset(range(n), [eval_seed + e for e in episode_ids])
-    start_features = [info["features"] for info in infos]
+    rows = np.arange(n)
+    chosen = goal_index = goal_frames = None
+    if goals is not None:
+        goal_index = np.array([e % len(goals) for e in episode_ids])
+        chosen = [goals[g] for g in goal_index]
+        goal_frames = np.stack([g.frame for g in chosen])
+    obs, infos = pool.reset(rows, [eval_seed + e for e in episode_ids])
+    start_features = [info.get("features") for info in infos]
     features = list(start_features)
     t = np.zeros(n, dtype=np.int64)
+    returns = np.zeros(n, dtype=np.float64)
     done = np.zeros(n, dtype=bool)
+    agent.begin_episodes(rows, goal_frames, explore=False)
     while not done.all():
         live = np.flatnonzero(~done)         # finished rows need no more planning
-        actions = np.full(n, TERMINATE)
-        actions[live] = agent.act(obs[live], goal_frames[live], t[live], explore=False, env_steps=0)
-        stop = live[actions[live] == TERMINATE]
-        done[stop] = True
-        go = live[actions[live] != TERMINATE]
+        decision = agent.act(obs[live], None if goal_frames is None else goal_frames[live], t[live],
+                             explore=False, env_steps=0, rows=live)
+        stop = np.asarray(decision.stop, dtype=bool)
+        done[live[stop]] = True              # the agent ended these episodes: no action is sent
+        go = live[~stop]
         if len(go):
-            new_obs, _, terminated, truncated, step_infos = pool.step(go, actions[go])
+            new_obs, rewards, terminated, truncated, step_infos = pool.step(go, decision.actions[~stop])
             obs[go] = new_obs
+            returns[go] += rewards
             for j, i in enumerate(go):
-                features[i] = step_infos[j]["features"]
+                features[i] = step_infos[j].get("features")
             t[go] += 1
             done[go] = terminated | truncated
-    spec = pool.get("goal_spec")
-    success = np.array([bool(spec.achieved(f, g.features)) for f, g in zip(features, chosen)])
-    optimal = None
-    best = pool.call("optimal_steps", [(s, g.features) for s, g in zip(start_features, chosen)])
-    if all(b is not None for b in best):
-        optimal = success & (t == np.array(best))
-    return {"success": success, "steps": t.copy(), "optimal": optimal, "goal_frames": goal_frames,
-            "final_frames": obs[:, -1].copy(), "goal_index": goal_index}
+    final_frames = obs[:, -1].copy()
+    agent.end_episodes(rows, final_frames, goal_frames, explore=False)
+    success = optimal = None
+    if goals is not None:
+        spec = pool.get("goal_spec")
+        success = np.array([bool(spec.achieved(f, g.features)) for f, g in zip(features, chosen)])
+        best = pool.call("optimal_steps", [(s, g.features) for s, g in zip(start_features, chosen)])
+        if all(b is not None for b in best):
+            optimal = success & (t == np.array(best))
+    return {"success": success, "steps": t.copy(), "returns": returns, "optimal": optimal,
+            "goal_frames": goal_frames, "final_frames": final_frames, "goal_index": goal_index}

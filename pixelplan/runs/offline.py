@@ -29,11 +29,12 @@ from pixelplan.config import Config
 from pixelplan.data.dataset import DatasetError, read_episodes, verify
 from pixelplan.data.replay import ReplayBuffer, check_replay_fits
 from pixelplan.envs.vector import EnvPool
-from pixelplan.runs.evaluate import evaluate
+from pixelplan.runs.checkpoints import CHECKPOINT, LoopState, check_resumable, checkpoint_now, open_run
+from pixelplan.runs.common import check_out_dir, env_workers, prepare, write_summary
+from pixelplan.runs.evaluate import REWARD_EVAL_EPISODES, evaluate
+from pixelplan.runs.online import EVAL_BATCH, _mean, _write_figures
 from pixelplan.runs.rundir import RunLock, remove_stale_temporaries
-from pixelplan.runs.train import (CHECKPOINT, EVAL_BATCH, LoopState, RunInterrupted, StopOnSignal, _check_out_dir,
-                                  _check_resumable, _mean, _write_figures, checkpoint_now, env_workers, next_due,
-                                  open_run, prepare, write_summary)
+from pixelplan.runs.schedule import RunInterrupted, StopOnSignal, next_due
 
 
 def dataset_config(cfg: Config) -> tuple[Config, dict]:
@@ -59,11 +60,11 @@ def train_offline(cfg: Config) -> dict:
     cfg, attrs = dataset_config(cfg)
     cfg.out = cfg.out or str(Path("runs") / f"{cfg.env.replace(':', '-')}-{cfg.agent}-offline-seed{cfg.seed}")
     out = Path(cfg.out)
-    _check_out_dir(out)
-    _check_resumable(out, cfg)        # a changed dataset differs in dataset_hash: refused here
+    check_out_dir(out)
+    check_resumable(out, cfg)        # a changed dataset differs in dataset_hash: refused here
     torch.manual_seed(cfg.seed)
     factory, probe, spec, agent, _ = prepare(cfg)
-    if not getattr(agent, "learns", True):
+    if not agent.learns:
         raise ValueError(f"agent {cfg.agent} does not learn: offline training needs glamor, gcsl or discern")
     frames = int(attrs["frames"])           # verified against the content by dataset_config
     check_replay_fits(frames, spec.frame_shape)
@@ -85,9 +86,8 @@ def _offline_locked(cfg, out, started, factory, probe, spec, agent, frames) -> d
                       next_log=cfg.log_every_updates)
     state, log = open_run(cfg, out, spec, agent, None, rng, fresh, step_of=lambda st: st.updates)
     wall_before = state.wall_seconds
-    eval_goals = probe.unwrapped.evaluation_goals()
+    eval_goals = probe.unwrapped.evaluation_goals() if spec.has_goals else None
     eval_pool, last_eval, metrics = None, {}, state.pending_metrics
-    with_next = getattr(agent, "needs_next_state", False)
 
     def wall() -> float:
         return wall_before + time.perf_counter() - started
@@ -95,7 +95,7 @@ def _offline_locked(cfg, out, started, factory, probe, spec, agent, frames) -> d
     try:
         with StopOnSignal() as stop:
             while state.updates < cfg.updates:
-                metrics.append(agent.update(store.sample(agent.batch_size, agent.max_k, rng, with_next=with_next)))
+                metrics.append(agent.update(agent.sampler.sample(store, rng)))
                 state.updates += 1
                 final = state.updates >= cfg.updates
                 if state.updates >= state.next_log:
@@ -105,8 +105,8 @@ def _offline_locked(cfg, out, started, factory, probe, spec, agent, frames) -> d
                     state.next_log = next_due(state.next_log, state.updates, cfg.log_every_updates)
                 if state.updates >= state.next_eval or final:
                     if eval_pool is None:
-                        eval_pool = EnvPool(factory, min(EVAL_BATCH, cfg.eval_episodes or len(eval_goals)),
-                                            env_workers(cfg))
+                        default = len(eval_goals) if eval_goals is not None else REWARD_EVAL_EPISODES
+                        eval_pool = EnvPool(factory, min(EVAL_BATCH, cfg.eval_episodes or default), env_workers(cfg))
                     result = evaluate(agent, factory, eval_goals, cfg.eval_episodes, pool=eval_pool)
                     last_eval = result.metrics()
                     log.log(state.updates, "eval", {**last_eval, "wall_seconds": wall()})

@@ -1,4 +1,5 @@
-"""What an agent is built for, read off an env: :class:`EnvSpec` (numpy and Gymnasium only).
+"""What an agent is built for: :class:`EnvSpec` (numpy only; an env's is read off it by
+:func:`pixelplan.envs.core.spec_of`).
 
 An agent never sees an env object. It is built from an :class:`EnvSpec`: the shape of one
 frame and how many are stacked, the action space (``Discrete(n)``, or a float32 ``Box`` with
@@ -12,7 +13,8 @@ Two kinds of task share the one contract:
 * reward tasks (``has_reward``): the env's own reward is passed through and evaluation reports
   the mean return (PlaNet).
 
-This module must not import torch.
+This module imports neither torch nor any env library: config, envs, data and agents all
+read it.
 """
 
 from __future__ import annotations
@@ -20,10 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
-__all__ = ["EnvSpec", "spec_of"]
+__all__ = ["EnvSpec"]
 
 
 @dataclass(frozen=True)
@@ -123,24 +124,3 @@ class EnvSpec:
         known = {"frame_shape", "frame_stack", "n_actions", "max_episode_steps", "action_shape", "action_low",
                  "action_high", "has_reward", "has_goals"}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def spec_of(env: gym.Env) -> EnvSpec:
-    """The :class:`EnvSpec` of a goal env, or of a frame stack of one (``env.k`` frames)."""
-    base = env.unwrapped
-    space = env.action_space
-    common = dict(frame_shape=tuple(base.observation_space.shape), frame_stack=int(getattr(env, "k", 1)),
-                  max_episode_steps=int(base.max_episode_steps), has_reward=bool(getattr(base, "has_reward", False)),
-                  has_goals=bool(getattr(base, "has_goals", True)))
-    if isinstance(space, gym.spaces.Discrete):
-        if int(space.start) != 0:
-            raise ValueError(f"Discrete action spaces must start at 0, got {space}")
-        return EnvSpec(n_actions=int(space.n), **common)
-    if isinstance(space, gym.spaces.Box):
-        low = np.broadcast_to(np.asarray(space.low, np.float64), space.shape).reshape(-1)
-        high = np.broadcast_to(np.asarray(space.high, np.float64), space.shape).reshape(-1)
-        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
-            raise ValueError(f"Box action spaces need finite bounds (agents sample and clip within them), got {space}")
-        return EnvSpec(n_actions=None, action_shape=tuple(space.shape), action_low=tuple(low.tolist()),
-                       action_high=tuple(high.tolist()), **common)
-    raise ValueError(f"pixelplan envs have Discrete(n) or Box(low, high, shape) actions, got {space}")

@@ -1,0 +1,121 @@
+"""What every driver (online, offline) does around its loop: build the env factory, the spec
+and the agent from a config; check the run directory before anything is written; make the
+agent's episode store; write the summary.
+
+Nothing in here is specific to one agent: agents are built by name and used through the
+contract in ``agents/base.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from pixelplan import config as config_lib
+from pixelplan.agents import make_agent, resolve_device
+from pixelplan.config import Config
+from pixelplan.data.replay import ReplayBuffer, check_replay_fits
+from pixelplan.envs.core import spec_of
+from pixelplan.envs.vector import EnvFactory, default_workers
+from pixelplan.runs.logging import read_metrics
+from pixelplan.runs.rundir import write_text_atomically
+from pixelplan.spec import EnvSpec
+
+
+def default_out(cfg: Config) -> str:
+    return str(Path("runs") / f"{cfg.env.replace(':', '-')}-{cfg.agent}-seed{cfg.seed}")
+
+
+def parse_env_options(options: dict[str, str]) -> dict:
+    """CLI strings to Python values: ints, floats, booleans and None where they parse."""
+    out = {}
+    for key, value in options.items():
+        if not isinstance(value, str):
+            out[key] = value
+        elif value.lower() in ("none", "null"):
+            out[key] = None
+        elif value.lower() in ("true", "false"):
+            out[key] = value.lower() == "true"
+        else:
+            for cast in (int, float):
+                try:
+                    out[key] = cast(value)
+                    break
+                except ValueError:
+                    continue
+            else:
+                out[key] = value
+    return out
+
+
+def env_factory(cfg: Config) -> EnvFactory:
+    return EnvFactory(cfg.env, parse_env_options(cfg.env_options), cfg.frame_stack)
+
+
+def env_workers(cfg: Config) -> int:
+    """Env processes: ``cfg.env_workers``, or one per core (at most n_envs) when it is None."""
+    return default_workers(cfg.n_envs) if cfg.env_workers is None else cfg.env_workers
+
+
+def prepare(cfg: Config):
+    """Env factory, a probe env, its spec, the agent and the device for a config (shared by the
+    drivers and by eval)."""
+    config_lib.validate(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    factory = env_factory(cfg)
+    probe = factory()
+    spec = spec_of(probe)
+    device = resolve_device(cfg.device)
+    agent = make_agent(cfg.agent, cfg, spec, device, cfg.seed)
+    return factory, probe, spec, agent, device
+
+
+def new_store(spec: EnvSpec, capacity: int) -> ReplayBuffer:
+    """An empty episode store for the env's frames and actions, checked to fit in memory."""
+    check_replay_fits(capacity, spec.frame_shape, action_shape=spec.action_shape)
+    return ReplayBuffer(capacity, spec.frame_shape, spec.frame_stack, action_shape=spec.action_shape,
+                        action_dtype=spec.action_dtype)
+
+
+def check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory; give a directory for the run")
+    parent = next((p for p in [out, *out.parents] if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"--out {out}: {parent} is a file, not a directory")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {parent} is not writable; choose a directory you can write to")
+
+
+def warn_if_no_learning(cfg: Config, learns: bool) -> None:
+    if learns and cfg.min_steps_learn >= cfg.steps:
+        warnings.warn(f"learning starts after min_steps_learn = {cfg.min_steps_learn:,} env steps, but this run's "
+                      f"budget is {cfg.steps:,}: it will make few or no updates. Raise --steps or lower "
+                      f"--min-steps-learn (or pick a preset for this env: --preset gridworld).", stacklevel=3)
+
+
+def write_summary(out: Path, cfg, agent, last_eval: dict, wall_seconds: float, **counts) -> dict:
+    """Write ``summary.json`` (the run, its ``counts``, its last evaluation) and return it. A
+    resumed run that had already finished evaluated nothing this time: its last evaluation
+    comes from the metrics."""
+    if not last_eval:
+        last_eval = next((r for r in reversed(read_metrics(out)) if r["kind"] == "eval"), {})
+        last_eval = {k: v for k, v in last_eval.items() if k not in ("step", "kind", "wall_seconds")}
+    summary = {"env": cfg.env, "agent": cfg.agent, "label": cfg.label or cfg.agent, "seed": cfg.seed,
+               "preset": cfg.preset, **counts, "wall_seconds": round(wall_seconds, 2),
+               "eval_trials": agent.eval_trials, **last_eval}
+    write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n", what="summary")
+    return summary
+
+
+def headline(metrics: dict) -> tuple[str, float] | None:
+    """The figure a progress bar shows: the success rate on goal tasks, else the mean return."""
+    for key in ("success_rate", "mean_return"):
+        if key in metrics:
+            return key, metrics[key]
+    return None
