@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from pixelplan import cli
-from pixelplan.runs import train as train_mod
+from pixelplan.runs import online as online_mod
 from pixelplan.runs.logging import read_metrics
 from pixelplan.runs.rundir import LOCK_NAME, TMP_PREFIX, RunLock, RunLocked
 
@@ -262,7 +262,7 @@ def test_a_really_full_disk(tmp_path, uninterrupted, monkeypatch):
         pytest.skip("cannot mount a tmpfs here (needs root); the injected full disk above covers the same path")
     try:
         out, filler = disk / "run", disk / "filler"
-        original, calls = train_mod._collect_round, []
+        original, calls = online_mod.OnlineRun.collect_round, []
 
         def fill_the_disk_at_round_3(*args, **kwargs):
             calls.append(1)
@@ -277,7 +277,7 @@ def test_a_really_full_disk(tmp_path, uninterrupted, monkeypatch):
                 os.truncate(filler, max(0, filler.stat().st_size - 2**16))   # room for metrics lines only
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(train_mod, "_collect_round", fill_the_disk_at_round_3)
+        monkeypatch.setattr(online_mod.OnlineRun, "collect_round", fill_the_disk_at_round_3)
         code, err = cli_run(train_args(out))
         assert code == 1, err
         assert "no space left on device" in err and "MiB" in err

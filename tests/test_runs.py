@@ -12,7 +12,7 @@ import torch
 from pixelplan import cli
 from pixelplan import config as config_lib
 from pixelplan import envs
-from pixelplan.runs import train as train_mod
+from pixelplan.runs import online as online_mod
 from pixelplan.runs.logging import read_metrics
 from pixelplan.runs.train import IncompatibleCheckpoint, load_agent, train
 
@@ -31,7 +31,7 @@ def summary_without_timing(summary: dict) -> dict:
 
 def interrupt_on_round(monkeypatch, n: int) -> None:
     """Make the n-th call of the collection round raise, as a crash mid-run would."""
-    original = train_mod._collect_round
+    original = online_mod.OnlineRun.collect_round
     calls = []
 
     def collect(*args, **kwargs):
@@ -40,7 +40,7 @@ def interrupt_on_round(monkeypatch, n: int) -> None:
             raise KeyboardInterrupt("simulated crash")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "_collect_round", collect)
+    monkeypatch.setattr(online_mod.OnlineRun, "collect_round", collect)
 
 
 def assert_steps_continue(records: list[dict]) -> None:

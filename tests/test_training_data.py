@@ -17,7 +17,7 @@ import torch
 from pixelplan import envs
 from pixelplan.data.replay import PAD, ReplayBuffer
 from pixelplan.envs.gridworld import GridWorld
-from pixelplan.runs import train as train_mod
+from pixelplan.runs import common as common_mod
 from pixelplan.runs.train import train
 
 from conftest import small_run_config
@@ -74,7 +74,7 @@ def record_updates(monkeypatch) -> list[dict]:
     """Wrap the agent the loop builds so that every batch given to ``update`` is kept, with
     the number of collection resets the env had seen when it was given."""
     seen: list[dict] = []
-    make = train_mod.make_agent
+    make = common_mod.make_agent
 
     def make_recording(*args, **kwargs):
         agent = make(*args, **kwargs)
@@ -89,7 +89,7 @@ def record_updates(monkeypatch) -> list[dict]:
         agent.update = recording_update
         return agent
 
-    monkeypatch.setattr(train_mod, "make_agent", make_recording)
+    monkeypatch.setattr(common_mod, "make_agent", make_recording)
     return seen
 
 

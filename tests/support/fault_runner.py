@@ -30,7 +30,7 @@ def main() -> int:
 
     from pixelplan import cli
     from pixelplan.runs import rundir
-    from pixelplan.runs import train as train_mod
+    from pixelplan.runs import checkpoints, online
 
     if fault.startswith("kill-write:"):
         target, seen = fault.split(":", 1)[1], []
@@ -52,9 +52,9 @@ def main() -> int:
             return original(path, write, what, **kwargs)
 
         rundir.write_atomically = faulty
-        train_mod.write_atomically = faulty
+        checkpoints.write_atomically = faulty     # the checkpoint writer's own reference
     elif fault in ("kill-round", "pause-round"):
-        original_round, calls = train_mod._collect_round, []
+        original_round, calls = online.OnlineRun.collect_round, []
 
         def round_(*a, **k):
             calls.append(1)
@@ -65,7 +65,7 @@ def main() -> int:
                 time.sleep(120)
             return original_round(*a, **k)
 
-        train_mod._collect_round = round_
+        online.OnlineRun.collect_round = round_
     elif fault != "none":
         raise SystemExit(f"unknown fault {fault!r}")
     return cli.main(args)
