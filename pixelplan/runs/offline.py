@@ -71,24 +71,25 @@ def train_offline(cfg: Config) -> dict:
     if not agent.learns:
         raise ValueError(f"agent {cfg.agent} does not learn: offline training needs glamor, gcsl or discern")
     frames = int(attrs["frames"])           # verified against the content by dataset_config
-    where = store_location(cfg.dataset_memory, frames, spec.frame_shape)
+    where = store_location(cfg.dataset_memory, frames, spec.frame_shape, action_shape=spec.action_shape)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         remove_stale_temporaries(out)
         return _offline_locked(cfg, out, started, factory, probe, spec, agent, frames, where)
 
 
-def store_location(memory: str, frames: int, frame_shape, available: int | None = None) -> str:
+def store_location(memory: str, frames: int, frame_shape, available: int | None = None,
+                   action_shape: tuple[int, ...] = ()) -> str:
     """Where ``dataset_memory`` (auto, ram, disk) puts a dataset of ``frames`` frames: "ram" or
     "disk". "ram" that does not fit is refused (ReplayTooLarge, with the size needed)."""
     if memory == "disk":
         return "disk"
     try:
-        check_replay_fits(frames, frame_shape, available)
+        check_replay_fits(frames, frame_shape, available, action_shape=action_shape)
     except ReplayTooLarge:
         if memory == "ram":
             raise
-        need = ReplayBuffer.bytes_needed(frames, frame_shape) / 2**30
+        need = ReplayBuffer.bytes_needed(frames, frame_shape, action_shape) / 2**30
         warnings.warn(f"the dataset's {frames:,} frames need {need:.1f} GiB in memory, more than this machine can "
                       f"spare: reading them from the file as batches need them (slower, the same samples)",
                       stacklevel=2)
@@ -106,7 +107,8 @@ def open_store(cfg: Config, spec, frames: int, where: str) -> ReplayBuffer | Dis
             raise DatasetError(f"{cfg.dataset} holds frames of shape {store.frame_shape}, but its env gives "
                                f"{spec.frame_shape}: collect it again with this pixelplan")
         return store
-    store = ReplayBuffer(frames, spec.frame_shape, spec.frame_stack)
+    store = ReplayBuffer(frames, spec.frame_shape, spec.frame_stack, action_shape=spec.action_shape,
+                         action_dtype=spec.action_dtype)
     for ep in read_episodes(cfg.dataset):
         if tuple(ep.frames.shape[1:]) != tuple(spec.frame_shape):
             raise DatasetError(f"{cfg.dataset} holds frames of shape {ep.frames.shape[1:]}, but its env gives "
