@@ -69,7 +69,7 @@ def _paper_agent(device: str, n_actions: int = 18):
 
 def planner_ms(device: str, repeats: int) -> dict:
     from pixelplan.nets.action_model import TokenStepper
-    from pixelplan.planners.shooting import best_of, sample_plans
+    from pixelplan.planners.shooting import shoot
     agent, spec = _paper_agent(device)
     rng = np.random.default_rng(0)
     state = rng.integers(0, 255, (1, 4, 104, 80), dtype=np.uint8)
@@ -79,12 +79,11 @@ def planner_ms(device: str, repeats: int) -> dict:
     with torch.no_grad():
         idm_code, prior_code = agent.model.codes(torch.as_tensor(state, device=device),
                                                  torch.as_tensor(goal, device=device))
-        limits = torch.full((50,), 50, device=device)
+        limits = torch.full((1,), 50, device=device)
 
         def planner(termination):
-            stepper = TokenStepper([agent.model.idm, agent.model.prior], [idm_code, prior_code], repeats=50)
-            best_of(sample_plans(stepper, spec.n_actions, limits, termination=termination,
-                                 generator=agent.generator), 1)
+            stepper = TokenStepper([agent.model.idm, agent.model.prior], [idm_code, prior_code])
+            shoot(stepper, spec.n_actions, limits, trials=50, termination=termination, generator=agent.generator)
         out["planner_ms_per_decision"] = _median_ms(lambda: planner("plan_end"), repeats)
         out["planner_ms_per_decision_early"] = _median_ms(lambda: planner("early"), repeats)
     # A whole MPC decision: the goal is encoded once per episode (the agent caches it), so

@@ -3,9 +3,9 @@
     pixelplan train [--preset [auto|paper|gridworld] [debug]] [--env NAME] [--agent NAME]
                     [--steps N] [--seed S] [--out DIR] [--glamor.trials 100] [--shared.lr 1e-3] ...
     pixelplan eval --run DIR [--trials N] [--episodes N]
-    pixelplan table RUN_DIR... [--out DIR] [--reference FILE.json]
+    pixelplan table RUN_DIR... [--out DIR] [--reference FILE.json] [--metric auto|NAME]
     pixelplan sweep --agents A... --envs E... --seeds S... --out DIR [--parallel N]
-                    [--label-suffix NAME] [-- TRAIN FLAGS...]
+                    [--label-suffix NAME] [--metric auto|NAME] [-- TRAIN FLAGS...]
     pixelplan goals --env NAME [--set evaluation|training] [--n N] --out goals.png
 
 ``train`` first picks the preset (``--preset``, default auto: by env), then applies every
@@ -28,7 +28,8 @@ USAGE = """usage: pixelplan {train,eval,collect,table,sweep,goals} ...
           --dataset FILE trains offline from a collected dataset
   collect write a dataset of random-action episodes (HDF5); re-run to resume
   eval    evaluate a saved run
-  table   results table (env x agent, mean (std) over seeds) and learning curves of runs
+  table   results table (env x agent, mean (std) over seeds) and learning curves of runs;
+          --metric picks the eval metric (default: success rate, or mean return on reward tasks)
   sweep   train agents x envs x seeds (in parallel processes if asked), then the table
 
   goals   draw an env's evaluation (or training) goals as an image grid
@@ -247,17 +248,25 @@ def _collect(args: list[str]) -> int:
 def _table(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="pixelplan table",
-        description="Results table (one row per env, one column per agent: final eval success rate, "
-                    "mean (std) over seeds) and one learning-curve PNG per env, from finished runs.")
+        description="Results table (one row per env, one column per agent: the final value of an eval "
+                    "metric, mean (std) over seeds) and one learning-curve PNG per env, from finished runs.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                         help="run directories written by pixelplan train (or directories holding them)")
     parser.add_argument("--out", default="tables",
                         help="where to write table.md, table.json and curve-<env>.png (default: tables)")
     parser.add_argument("--reference", default=None, metavar="FILE.json",
                         help='paper numbers {env: {agent: value}}, shown as columns "paper (<agent>)"')
+    _add_metric_option(parser)
     opts = parser.parse_args(args)
-    _print_table(opts.run_dirs, opts.out, opts.reference)
+    _print_table(opts.run_dirs, opts.out, opts.reference, opts.metric)
     return 0
+
+
+def _add_metric_option(parser) -> None:
+    parser.add_argument("--metric", default="auto", metavar="NAME",
+                        help="the eval metric of the table and curves: success_rate, optimal_rate, "
+                             "mean_return, ... or auto (default): per env, success_rate where its runs "
+                             "report it (goal tasks), else mean_return (reward tasks)")
 
 
 def _sweep(args: list[str]) -> int:
@@ -278,6 +287,7 @@ def _sweep(args: list[str]) -> int:
     parser.add_argument("--label-suffix", default=None,
                         help="name an ablation: runs are labelled <agent>-<suffix> in the table")
     parser.add_argument("--reference", default=None, metavar="FILE.json", help="paper numbers, as for table")
+    _add_metric_option(parser)
     opts = parser.parse_args(args)
     if opts.parallel < 1:
         raise ValueError(f"--parallel must be >= 1, got {opts.parallel}")
@@ -291,7 +301,7 @@ def _sweep(args: list[str]) -> int:
     failed = run_sweep(jobs, extra, opts.parallel, log=lambda m: print(m, file=sys.stderr, flush=True))
     finished = [job.out for job in jobs if job not in failed]
     if finished:
-        _print_table(finished, Path(opts.out) / "table", opts.reference)
+        _print_table(finished, Path(opts.out) / "table", opts.reference, opts.metric)
     if failed:
         print(f"pixelplan sweep: {len(failed)} of {len(jobs)} run(s) failed (errors above; logs: "
               f"{', '.join(str(j.out.parent / (j.out.name + '.log')) for j in failed)})", file=sys.stderr)
@@ -299,7 +309,7 @@ def _sweep(args: list[str]) -> int:
     return 0
 
 
-def _print_table(run_dirs, out, reference) -> None:
+def _print_table(run_dirs, out, reference, metric="auto") -> None:
     import warnings
 
     from pixelplan.runs.table import TableWarning, make_table
@@ -308,7 +318,7 @@ def _print_table(run_dirs, out, reference) -> None:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", TableWarning)
-            result = make_table(run_dirs, out, reference=reference)
+            result = make_table(run_dirs, out, reference=reference, metric=metric)
     finally:
         for w in caught:
             if issubclass(w.category, TableWarning):

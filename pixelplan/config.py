@@ -215,6 +215,10 @@ class Config:
     """train offline from this dataset file (pixelplan collect); None = online, collecting as it learns"""
     dataset_hash: str | None = None
     """the dataset's content hash, recorded when an offline run starts (a changed file is refused)"""
+    dataset_memory: Literal["auto", "ram", "disk"] = "auto"
+    """offline: where the episodes are held while training: ram = read whole into memory (refused
+    when it does not fit), disk = read from the file as batches need them, one episode at a time
+    (slower; a small cache), auto = ram when it fits, else disk. Both draw the same samples."""
     updates: int = 20_000
     """offline budget: gradient updates"""
     eval_every_updates: int = 2_000
@@ -335,10 +339,11 @@ def load(path) -> Config:
 # Fields that may differ between a checkpoint's config and the config that resumes it:
 # they change the budget or the bookkeeping, not what is learned so far. (``preset`` only
 # names where the defaults came from; the values themselves are compared.)
+# (``dataset_memory`` too: the RAM and disk stores draw the same samples.)
 RESUMABLE_FIELDS = {"steps", "out", "device", "threads", "env_workers", "eval_every", "eval_episodes",
                     "checkpoint_every", "log_every", "progress", "label",
-                    "keep_previous_checkpoint", "preset", "dataset", "updates", "eval_every_updates",
-                    "checkpoint_every_updates", "log_every_updates"}
+                    "keep_previous_checkpoint", "preset", "dataset", "dataset_memory", "updates",
+                    "eval_every_updates", "checkpoint_every_updates", "log_every_updates"}
 
 
 def incompatible_fields(saved: Config, new: Config) -> list[str]:
@@ -379,6 +384,8 @@ def validate(cfg: Config) -> None:
     need(cfg.updates > 0 and cfg.eval_every_updates > 0 and cfg.checkpoint_every_updates > 0
          and cfg.log_every_updates > 0,
          "updates, eval_every_updates, checkpoint_every_updates and log_every_updates must be > 0")
+    need(cfg.dataset_memory in ("auto", "ram", "disk"),
+         f"dataset_memory must be auto, ram or disk, got {cfg.dataset_memory!r}")
     need(sh.batch_size >= 1, f"shared.batch_size must be >= 1, got {sh.batch_size}")
     need(sh.lr > 0, f"shared.lr must be > 0, got {sh.lr}")
     need(0 <= sh.eps_final <= 1 and 0 <= sh.eps_start <= 1,

@@ -2,11 +2,14 @@
 
 What the offline agent trains on is compared with what the env produced; a killed collect
 resumes to exactly the uninterrupted file; a changed dataset is refused on resume; GCSL
-trained offline on a random grid-world dataset beats the random agent.
+trained offline on a random grid-world dataset beats the random agent. Float-action datasets
+round-trip, integer ones keep the content hash they had before float actions existed, and
+the disk store (datasets larger than memory) draws the ReplayBuffer's batches, batch for batch.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,10 +22,13 @@ import pytest
 
 from pixelplan import cli
 from pixelplan import config as config_lib
-from pixelplan.data.dataset import DatasetError, Episode, read_attrs, read_episodes, verify
+from pixelplan.data.dataset import (DatasetError, Episode, action_spec, read_attrs, read_episodes, verify,
+                                    write_episodes)
+from pixelplan.data.disk_store import DiskEpisodeStore
+from pixelplan.data.replay import ReplayBuffer, ReplayTooLarge
 from pixelplan.envs.vector import EnvFactory
 from pixelplan.runs.collect import collect, episode_rng
-from pixelplan.runs.offline import train_offline
+from pixelplan.runs.offline import store_location, train_offline
 from pixelplan.runs.train import IncompatibleCheckpoint
 
 EPISODES = 40
@@ -193,3 +199,202 @@ def test_leftovers_of_a_kill_during_the_merge_are_cleaned_up(dataset, tmp_path):
     stale.write_bytes(b"half a file")
     collect("gridworld", 6, fresh, seed=1, progress=False)
     assert not stale.exists() and verify(fresh)["episodes"] == 6
+
+
+# ---------------------------------------------------------------------- action kinds
+def _fixed_int_episodes() -> list[Episode]:
+    """A small dataset fixed by arithmetic alone (no random generator)."""
+    eps = []
+    for i, n in enumerate((3, 1, 5, 0)):
+        frames = ((np.arange((n + 1) * 2 * 3 * 3).reshape(n + 1, 2, 3, 3) * (7 + i)) % 256).astype(np.uint8)
+        eps.append(Episode(frames=frames, actions=(np.arange(n) * (i + 1)) % 4,
+                           rewards=np.linspace(0, 1, n).astype(np.float32)))
+    return eps
+
+
+def test_integer_datasets_keep_their_content_hash(tmp_path):
+    # Both digests were computed with the code from before float actions existed (commit
+    # 2d3a049): an integer dataset must hash, and be stored, exactly as it was.
+    attrs = write_episodes(tmp_path / "fixed.h5", _fixed_int_episodes(), {"env": "gridworld"})
+    assert attrs["content_hash"] == "a96e889e82792d80a244226f6ec4d97544b5ef5c356ed6d00d25f673cf19f04b"
+    assert verify(tmp_path / "fixed.h5")["content_hash"] == attrs["content_hash"]
+    assert (attrs["format_version"], attrs["action_dtype"], attrs["action_shape"]) == (1, "int64", [])
+    collected = collect("gridworld", 6, tmp_path / "g.h5", seed=1, n_envs=2, progress=False)
+    assert collected["content_hash"] == "aa2156791cb412120db930155294eca6242c11d1377fd2561a791a1acb692fc4"
+    with h5py.File(tmp_path / "g.h5", "r") as f:
+        assert f["episodes/000000/actions"].dtype == np.int64 and f["episodes/000000/actions"].ndim == 1
+    # A file written before the action attributes existed reads as integer actions.
+    with h5py.File(tmp_path / "fixed.h5", "r+") as f:
+        del f.attrs["action_dtype"], f.attrs["action_shape"]
+    assert action_spec(verify(tmp_path / "fixed.h5")) == ("int64", ())
+
+
+def _float_episodes(lengths, shape, seed=0) -> list[Episode]:
+    rng = np.random.default_rng(seed)
+    return [Episode(frames=rng.integers(0, 256, (n + 1, 3, 4), dtype=np.uint8),
+                    actions=rng.uniform(-1, 1, (n, *shape)), rewards=rng.normal(size=n)) for n in lengths]
+
+
+@pytest.mark.parametrize("shape", [(2,), (), (2, 3)])
+def test_float_action_episodes_round_trip(tmp_path, shape):
+    episodes = _float_episodes((4, 1, 6), shape)
+    episodes.insert(1, Episode(frames=np.zeros((1, 3, 4), np.uint8), actions=[], rewards=[]))  # no actions
+    attrs = write_episodes(tmp_path / "f.h5", episodes, {"env": "box"})
+    assert (attrs["format_version"], attrs["action_dtype"], attrs["action_shape"]) == (2, "float32", list(shape))
+    assert verify(tmp_path / "f.h5")["content_hash"] == attrs["content_hash"]
+    back = list(read_episodes(tmp_path / "f.h5"))
+    assert len(back) == len(episodes)
+    for ep, want in zip(back, episodes):
+        assert ep.actions.dtype == np.float32 and ep.actions.shape == (len(want.frames) - 1, *shape)
+        np.testing.assert_array_equal(ep.actions, np.asarray(want.actions, np.float32).reshape(ep.actions.shape))
+        np.testing.assert_array_equal(ep.frames, want.frames)
+        np.testing.assert_array_equal(ep.rewards, want.rewards)
+    # The hash covers float actions too: an edited action fails it.
+    with h5py.File(tmp_path / "f.h5", "r+") as f:
+        f["episodes/000000/actions"][0] = f["episodes/000000/actions"][0] + 0.5
+    with pytest.raises(DatasetError, match="content hash"):
+        verify(tmp_path / "f.h5")
+
+
+def test_action_kinds_and_shapes_must_agree_in_one_line(tmp_path):
+    ints, floats = _mixed_episodes()[1:3], _float_episodes((2, 3), (2,))
+    cases = [(ints + floats, "integer actions"), (floats + ints, "float32 \\(2,\\) actions"),
+             (floats + _float_episodes((2,), (3,)), "float32 \\(3,\\) actions")]
+    for episodes, message in cases:
+        with pytest.raises(DatasetError, match=message) as info:
+            write_episodes(tmp_path / "mixed.h5", episodes, {})
+        assert "\n" not in str(info.value)
+    # A file whose actions were rewritten as another kind is refused by verify.
+    write_episodes(tmp_path / "f.h5", floats, {})
+    with h5py.File(tmp_path / "f.h5", "r+") as f:
+        del f["episodes/000001/actions"]
+        f["episodes/000001/actions"] = np.zeros(3, np.int64)
+    with pytest.raises(DatasetError, match="episode 1 has integer actions, but the dataset holds float32"):
+        verify(tmp_path / "f.h5")
+    frames = np.zeros((3, 3, 4), np.uint8)
+    for actions, message in (([0, -1], ">= 0"), ([[0, 1], [1, 0]], "shape \\(L,\\)"), ([0.5, np.nan], "finite"),
+                             (["a", "b"], "integers or floats"), ([0], "needs 2 actions")):
+        with pytest.raises(ValueError, match=message):
+            Episode(frames=frames, actions=np.array(actions), rewards=np.zeros(len(actions)))
+
+
+# ---------------------------------------------------------------------- the disk store
+def _mixed_episodes(seed=0) -> list[Episode]:
+    """Integer-action episodes of many lengths: one frame only, a single step, short, long."""
+    rng = np.random.default_rng(seed)
+    return [Episode(frames=rng.integers(0, 256, (n + 1, 3, 4), dtype=np.uint8), actions=rng.integers(0, 5, n),
+                    rewards=rng.normal(size=n)) for n in (0, 1, 5, 12, 3, 30, 2, 0, 9)]
+
+
+def _assert_same_batch(a, b) -> None:
+    assert a._fields == b._fields
+    for name, x, y in zip(a._fields, a, b):
+        if x is None or y is None:
+            assert x is None and y is None, name
+        else:
+            assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), name
+
+
+@pytest.mark.parametrize("frame_stack", [1, 3])
+def test_the_disk_store_draws_the_replay_buffers_batches(tmp_path, monkeypatch, frame_stack):
+    episodes = _mixed_episodes()
+    write_episodes(tmp_path / "d.h5", episodes, {})
+    ram = ReplayBuffer(sum(len(ep.frames) for ep in episodes), (3, 4), frame_stack)
+    for ep in episodes:
+        ram.add_episode(ep.frames, ep.actions, ep.rewards)
+    keys = []
+    real = h5py.Dataset.__getitem__
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda self, key: keys.append(key) or real(self, key))
+    largest = max(ep.frames.nbytes + ep.actions.nbytes for ep in episodes)
+    with DiskEpisodeStore(tmp_path / "d.h5", frame_stack, cache_bytes=2 * largest) as disk:
+        assert (disk.num_frames, disk.num_episodes) == (ram.num_frames, ram.num_episodes)
+        for seed in range(4):
+            for batch_size in (1, 5, 64):
+                for max_k in (1, 3, 40):
+                    for with_next in (False, True):
+                        a = ram.sample(batch_size, max_k, np.random.default_rng(seed), with_next=with_next)
+                        b = disk.sample(batch_size, max_k, np.random.default_rng(seed), with_next=with_next)
+                        _assert_same_batch(a, b)
+        # One generator drawn on batch after batch stays in step too (same random calls).
+        rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
+        for _ in range(10):
+            _assert_same_batch(ram.sample(32, 8, rng_a, with_next=True), disk.sample(32, 8, rng_b, with_next=True))
+        assert rng_a.integers(2**62) == rng_b.integers(2**62)
+        assert disk.cached_bytes <= 2 * largest and disk.reads > disk.num_episodes    # the cache evicted
+    assert keys and all(key == () for key in keys)          # whole arrays only, never fancy indexing
+
+
+def test_the_disk_store_pads_float_actions_with_zero(tmp_path):
+    episodes = _float_episodes((0, 4, 1, 9, 2), (2,), seed=1)
+    write_episodes(tmp_path / "f.h5", episodes, {})
+    lengths = [len(ep.frames) for ep in episodes]
+    first = np.cumsum([0] + lengths[:-1])
+    for seed, max_k, stack in ((0, 3, 2), (1, 12, 1), (2, 1, 4)):
+        with DiskEpisodeStore(tmp_path / "f.h5", stack, cache_bytes=0) as disk:
+            batch = disk.sample(40, max_k, np.random.default_rng(seed), with_next=True)
+        assert batch.actions.dtype == np.float32 and batch.actions.shape == (40, max_k, 2)
+        # The naive reference: the same random calls, every row built by hand.
+        rng = np.random.default_rng(seed)
+        starts, ks = rng.integers(0, sum(lengths), size=40), rng.integers(1, max_k + 1, size=40)
+        for row, (start, k) in enumerate(zip(starts, ks)):
+            e = int(np.searchsorted(first, start, side="right") - 1)
+            ep, p = episodes[e], int(start - first[e])
+            k = min(int(k), lengths[e] - 1 - p)
+            stack_at = lambda q: np.stack([ep.frames[max(0, q - stack + 1 + j)] for j in range(stack)])
+            want_actions = np.zeros((max_k, 2), np.float32)
+            want_actions[:k] = ep.actions[p:p + k]
+            assert batch.k[row] == k and batch.start[row] == start
+            np.testing.assert_array_equal(batch.state[row], stack_at(p))
+            np.testing.assert_array_equal(batch.next_state[row], stack_at(p + (k > 0)))
+            np.testing.assert_array_equal(batch.goal[row], ep.frames[p + k])
+            np.testing.assert_array_equal(batch.actions[row], want_actions)
+    # Once the ReplayBuffer takes float actions, it must draw these batches too.
+    ram = ReplayBuffer(sum(lengths), (3, 4), 2)
+    try:
+        for ep in episodes:
+            ram.add_episode(ep.frames, ep.actions, ep.rewards)
+    except ValueError:
+        pytest.skip("the ReplayBuffer does not take float actions yet")
+    with DiskEpisodeStore(tmp_path / "f.h5", 2) as disk:
+        _assert_same_batch(ram.sample(40, 5, np.random.default_rng(3), with_next=True),
+                           disk.sample(40, 5, np.random.default_rng(3), with_next=True))
+
+
+def test_the_store_is_chosen_by_what_fits(tmp_path):
+    assert store_location("auto", 1000, (8, 8), available=2**40) == "ram"
+    with pytest.warns(UserWarning, match="66.0 GiB in memory, more than this machine can spare"):
+        assert store_location("auto", 10**7, (84, 84), available=2**30) == "disk"
+    with pytest.raises(ReplayTooLarge):
+        store_location("ram", 10**7, (84, 84), available=2**30)
+    assert store_location("disk", 10, (8, 8), available=2**40) == "disk"
+    import tyro
+    assert tyro.cli(config_lib.Config, args=["--dataset-memory", "disk"]).dataset_memory == "disk"
+    cfg = config_lib.preset("debug")
+    cfg.dataset_memory = "tape"
+    with pytest.raises(ValueError, match="dataset_memory must be auto, ram or disk"):
+        config_lib.validate(cfg)
+
+
+def test_offline_training_from_the_disk_store_matches_the_ram_store(dataset, tmp_path):
+    def run(name, memory, updates=4):
+        cfg = _offline_cfg(dataset, tmp_path / name, updates=updates)
+        cfg.dataset_memory = memory
+        return train_offline(cfg)
+
+    def metrics(name):
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in row.items() if k != "wall_seconds"} for row in rows]
+
+    def same(summary):
+        return {k: v for k, v in summary.items() if k not in ("wall_seconds", "dataset_store")}
+
+    ram, disk = run("ram", "ram"), run("disk", "disk")
+    assert (ram["dataset_store"], disk["dataset_store"]) == ("ram", "disk")
+    assert metrics("disk") == metrics("ram") and len(metrics("ram")) == 3     # train, train, eval
+    assert same(disk) == same(ram)
+    # Half a run from the disk store, resumed from memory: a store change refuses no resume,
+    # and the resumed run trains on the same batches (it evaluated once more, at its end).
+    assert run("half", "disk", updates=2)["dataset_store"] == "disk"
+    resumed = run("half", "auto")
+    assert resumed["dataset_store"] == "ram" and same(resumed) == same(ram)
+    assert [row for row in metrics("half") if (row["kind"], row["step"]) != ("eval", 2)] == metrics("ram")

@@ -1,5 +1,6 @@
 """DM Control goal envs: each of the paper's seven tasks end to end, goal sets, the same-state rule."""
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -7,6 +8,7 @@ from pixelplan import envs
 from pixelplan.agents.base import ObsSpec
 from pixelplan.agents.random import RandomAgent
 from pixelplan.envs.dmc import PAPER_TASKS
+from pixelplan.envs.spec import spec_of
 from pixelplan.envs.vector import EnvFactory
 from pixelplan.runs.evaluate import evaluate
 
@@ -163,3 +165,128 @@ def test_cli_goals_draws_the_evaluation_set(tmp_path, capsys):
     image = iio.imread(out)
     assert image.shape == (2 * 2 * 82, 2 * 2 * 106, 3)   # 2 rows x 2 columns of bordered tiles, scale 2
     assert cli.main(["goals", "--env", "dmc:pendulum-swingup", "--n", "0", "--out", str(out)]) == 2
+
+
+# ---------------------------------------------------------------------- continuous actions, reward tasks
+TINY = dict(height=16, width=16)
+
+
+def test_default_goal_task_keeps_its_goal_set_key(monkeypatch):
+    """The new options must not change what the cache of a default (discrete) goal task is keyed by."""
+    import pixelplan.envs.goals as goals_module
+    from pixelplan.envs.dmc import _versions
+
+    class Seen(Exception):
+        pass
+
+    def record(key, build, cache_dir=None):
+        raise Seen(key)
+
+    monkeypatch.setattr(goals_module, "cached_goal_sets", record)
+    with pytest.raises(Seen) as seen:
+        envs.make("dmc:point_mass-easy", **SMALL)
+    assert seen.value.args[0] == {"env": "dmc:point_mass-easy", "height": 80, "width": 104, "grayscale": True,
+                                  "camera_id": 0, "frame_skip": 4, "T": 6, "versions": _versions(), "seed": 0,
+                                  "n_eval": 3, "n_train": 6, "range_rollouts": 6}
+    with pytest.raises(Seen) as seen:
+        envs.make("dmc:point_mass-easy", actions="continuous", **SMALL)
+    assert seen.value.args[0]["actions"] == "continuous", "continuous goal sets are cached apart"
+
+
+def test_continuous_actions_step_and_change_the_state(cache):
+    env = envs.make("dmc:point_mass-easy", actions="continuous", cache_dir=cache, **TINY, **SMALL)
+    assert isinstance(env.action_space, gym.spaces.Box) and env.action_space.dtype == np.float32
+    assert env.action_space.shape == (2,) and np.all(env.action_space.low == -1) and np.all(env.action_space.high == 1)
+    assert spec_of(env).action_shape == (2,) and spec_of(env).has_goals
+    _, info = env.reset(seed=0)
+    start = info["features"]
+    for _ in range(3):
+        frame, reward, terminated, truncated, info = env.step(np.array([1.0, -1.0], np.float32))
+    assert frame.shape == (16, 16) and reward == 0.0 and not (terminated or truncated)
+    assert not np.allclose(info["features"], start)
+    # goal sets were built from random continuous actions (random_rollout uses random_action)
+    assert len(env.evaluation_goals()) == 3 and env.goal_spec.dim == 2
+    # out-of-bounds actions are clipped to the bounds before they reach MuJoCo
+    env.step(np.array([5.0, -7.0]))
+    assert np.array_equal(env.physics.data.ctrl, [1.0, -1.0])
+
+
+def test_bad_continuous_actions_get_one_line_errors():
+    env = envs.make("dmc:cartpole-swingup", task="reward", **TINY)
+    env.reset(seed=0)
+    for bad, match in ((np.zeros(2), r"shape \(1,\).*got shape \(2,\)"), (0.5, r"got shape \(\)"),
+                       (np.array([np.nan]), "must be finite"), (np.array([np.inf]), "must be finite"),
+                       ("left", "got a str")):
+        with pytest.raises(ValueError, match=match) as exc:
+            env.step(bad)
+        assert "\n" not in str(exc.value)
+
+
+def test_planet_defaults_of_reward_tasks():
+    env = envs.make("dmc:cartpole-swingup", task="reward")
+    spec = spec_of(env)
+    assert spec.frame_shape == (64, 64, 3) and not spec.discrete and spec.action_shape == (1,)
+    assert spec.action_low == (-1.0,) and spec.action_high == (1.0,)
+    assert env.frame_skip == 8 and spec.max_episode_steps == 125
+    assert spec.has_reward and not spec.has_goals and env.goal_spec is None
+    for name, repeat in (("walker-walk", 2), ("finger-spin", 2), ("cheetah-run", 4), ("reacher-easy", 4),
+                         ("ball_in_cup-catch", 4), ("pendulum-swingup", 4)):
+        other = envs.make(f"dmc:{name}", task="reward")
+        assert (other.frame_skip, other.max_episode_steps) == (repeat, 1000 // repeat), name
+    # every default can be overridden; T follows the action repeat unless it is given too
+    env = envs.make("dmc:cartpole-swingup", task="reward", height=16, width=24, grayscale=True, frame_skip=3,
+                    actions="discrete")
+    assert env.observation_space.shape == (16, 24) and env.action_space.n == 3
+    assert (env.frame_skip, env.max_episode_steps) == (3, 333)
+    assert envs.make("dmc:cartpole-swingup", task="reward", max_episode_steps=7).max_episode_steps == 7
+
+
+def test_reward_is_the_sum_of_dm_controls_rewards_over_the_action_repeat():
+    from dm_control import suite
+
+    env = envs.make("dmc:cartpole-swingup", task="reward", **TINY)
+    direct = suite.load("cartpole", "swingup", task_kwargs={"random": 0})
+    frame, info = env.reset(seed=11)
+    direct.task.random.seed(11)
+    direct.reset()
+    assert frame.shape == (16, 16, 3) and info == {}
+    assert np.array_equal(env.physics.get_state(), direct.physics.get_state())
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        action = rng.uniform(-1, 1, size=1).astype(np.float32)
+        _, reward, terminated, truncated, info = env.step(action)
+        expected = sum(direct.step(action.astype(np.float64)).reward for _ in range(8))
+        assert reward == pytest.approx(expected, rel=1e-12) and reward > 0
+        assert not terminated and not truncated and "features" not in info
+    assert np.array_equal(env.physics.get_state(), direct.physics.get_state())
+
+
+def test_reward_task_episodes_end_with_dm_control():
+    # 400 env steps a step: dm_control's 1000-step episode ends inside the third agent step
+    env = envs.make("dmc:cartpole-swingup", task="reward", frame_skip=400, max_episode_steps=5, **TINY)
+    env.reset(seed=0)
+    ends = [env.step(np.zeros(1, np.float32))[3] for _ in range(3)]
+    assert ends == [False, False, True]
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(np.zeros(1, np.float32))
+    env.reset(seed=0)
+    assert not env.step(np.zeros(1, np.float32))[3]
+
+
+def test_reward_tasks_refuse_goal_calls():
+    env = envs.make("dmc:cheetah-run", task="reward", **TINY)   # no goal features needed
+    env.reset(seed=0)
+    assert env.goal_spec is None and env.goal_sets is None and env.n_training_goals == 0
+    for call in (env.evaluation_goals, lambda: env.training_goals(2), env.current_goal,
+                 lambda: env.random_rollout(np.random.default_rng(0))):
+        with pytest.raises(ValueError, match="reward task .* no goals") as exc:
+            call()
+        assert "\n" not in str(exc.value)
+    with pytest.raises(ValueError, match="drop the goal-set option.* n_train_goals"):
+        envs.make("dmc:cheetah-run", task="reward", n_train_goals=10)
+    with pytest.raises(ValueError, match="task must be one of 'goal', 'reward'"):
+        envs.make("dmc:cheetah-run", task="rewards")
+    with pytest.raises(ValueError, match="actions must be one of"):
+        envs.make("dmc:cheetah-run", task="reward", actions="box")
+    with pytest.raises(ValueError, match="use frame_skip, PlaNet's action repeat"):
+        envs.make("dmc:cheetah-run", task="reward", action_repeat=2)

@@ -15,6 +15,7 @@ from pixelplan.agents.glamor import GlamorAgent
 from pixelplan.data.replay import PAD, HindsightBatch, ReplayBuffer
 from pixelplan.nets.action_model import ActionSequenceModel, TokenStepper
 from pixelplan.nets.encoders import make_encoder
+from pixelplan.planners import shooting
 from pixelplan.planners.shooting import sample_plans
 
 from conftest import with_glamor_values
@@ -39,6 +40,15 @@ def frames(rng: np.random.Generator, *shape) -> np.ndarray:
 
 
 # ---------------------------------------------------- TokenStepper vs forward
+def run_stepper(stepper: TokenStepper, tokens: torch.Tensor, trials: int = 1) -> list[torch.Tensor]:
+    """Log-probabilities at each position of ``tokens`` (R, L), fed one position at a time."""
+    state, out = stepper.start(trials), []
+    for i in range(tokens.shape[1]):
+        logp, state = stepper.advance(state, tokens[:, i])
+        out.append(logp)
+    return out
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_token_stepper_matches_teacher_forced_forward(seed):
     torch.manual_seed(seed)
@@ -56,11 +66,9 @@ def test_token_stepper_matches_teacher_forced_forward(seed):
     prev = torch.cat([torch.full((rows, 1), -1), seq[:, :-1]], 1)
     with torch.no_grad():
         want = torch.stack([F.log_softmax(m(c, prev), -1) for m, c in zip((idm, prior), codes)])
-        stepper = TokenStepper([idm, prior], codes)
         tokens = torch.cat([torch.full((rows, 1), n_actions), seq[:, :-1]], 1)   # n_actions = plan start
-        got = torch.stack([stepper.step(tokens[:, i]) for i in range(length)], 2)   # (M, R, L, A+1)
-        single = TokenStepper([prior], [codes[1]])
-        got_single = torch.stack([single.step(tokens[:, i]) for i in range(length)], 2)
+        got = torch.stack(run_stepper(TokenStepper([idm, prior], codes), tokens), 2)   # (M, R, L, A+1)
+        got_single = torch.stack(run_stepper(TokenStepper([prior], [codes[1]]), tokens), 2)
     assert got.shape == (2, rows, length, n_actions + 1)
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
     assert torch.allclose(got_single[0], want[1], atol=1e-5)
@@ -72,8 +80,8 @@ def test_token_stepper_repeats_each_code_for_its_trials():
     codes = torch.randn(2, 5)
     prev = torch.tensor([3, 3, 3, 3, 3, 3])               # 2 codes x 3 trials, plan start
     with torch.no_grad():
-        repeated = TokenStepper([model], [codes], repeats=3).step(prev)
-        explicit = TokenStepper([model], [codes.repeat_interleave(3, 0)]).step(prev)
+        repeated = run_stepper(TokenStepper([model], [codes]), prev.unsqueeze(1), trials=3)[0]
+        explicit = run_stepper(TokenStepper([model], [codes.repeat_interleave(3, 0)]), prev.unsqueeze(1))[0]
     assert torch.allclose(repeated, explicit)
     assert not torch.allclose(repeated[0, 0], repeated[0, 3])   # the two codes differ
 
@@ -82,8 +90,8 @@ def test_token_stepper_repeats_each_code_for_its_trials():
     (True, "guided", "early", -2.05), (True, "guided", "plan_end", -2.05), (False, "guided", "early", None),
     (True, "sparse", "early", -2.05), (True, "guided", "early", None)])
 def test_scripted_lstm_sampling_equals_the_generic_loop(use_prior, proposal, termination, clip):
-    # The planner's fast path (TorchScript loop over a TokenStepper) against the generic
-    # Python loop over the same stepper's step function: identical plans for the same noise.
+    # The planner's token loop compiled by TorchScript around a TokenStepper against the same
+    # loop run eagerly (the stepper marked not scriptable): identical plans for the same noise.
     torch.manual_seed(3)
     gen = torch.Generator().manual_seed(3)
     n_actions, hidden, groups, trials = 4, 8, 3, 40
@@ -92,13 +100,22 @@ def test_scripted_lstm_sampling_equals_the_generic_loop(use_prior, proposal, ter
         p.data.normal_(0, 0.25, generator=gen)
     codes = [torch.randn(groups, 6, generator=gen), torch.randn(groups, 6, generator=gen)]
     models, codes = ([idm, prior], codes) if use_prior else ([idm], codes[:1])
-    limits = torch.tensor([5, 0, 3]).repeat_interleave(trials)
-    kw = dict(use_prior=use_prior, clip_logp=clip, gamma=0.9, proposal=proposal, termination=termination)
+    limits = torch.tensor([5, 0, 3])
+    kw = dict(trials=trials, use_prior=use_prior, clip_logp=clip, gamma=0.9, proposal=proposal,
+              termination=termination)
+    eager = TokenStepper(models, codes)
+    eager.scriptable = False
     with torch.no_grad():
-        fast = sample_plans(TokenStepper(models, codes, trials), n_actions, limits,
+        fast = sample_plans(TokenStepper(models, codes), n_actions, limits,
                             generator=torch.Generator().manual_seed(5), **kw)
-        generic = sample_plans(TokenStepper(models, codes, trials).step, n_actions, limits,
-                               generator=torch.Generator().manual_seed(5), **kw)
+        generic = sample_plans(eager, n_actions, limits, generator=torch.Generator().manual_seed(5), **kw)
+        # The old layout, each code and limit repeated by hand, one trial each: the same plans.
+        explicit = sample_plans(TokenStepper(models, [c.repeat_interleave(trials, 0) for c in codes]), n_actions,
+                                limits.repeat_interleave(trials), generator=torch.Generator().manual_seed(5),
+                                **{**kw, "trials": 1})
+    assert isinstance(shooting._scripted_token_loop(TokenStepper.advance), torch.jit.ScriptFunction)
+    assert fast.actions.shape == (groups * trials, 5)
+    assert torch.equal(fast.actions, explicit.actions) and torch.equal(fast.scores, explicit.scores)
     assert torch.equal(fast.actions, generic.actions)
     assert torch.equal(fast.lengths, generic.lengths)
     assert torch.allclose(fast.scores, generic.scores, atol=1e-5)
@@ -109,6 +126,9 @@ def test_token_stepper_rejects_mismatched_models():
     with pytest.raises(ValueError, match="share n_actions and hidden"):
         TokenStepper([ActionSequenceModel(4, 3, 8), ActionSequenceModel(4, 3, 9)],
                      [torch.zeros(2, 4), torch.zeros(2, 4)])
+    with pytest.raises(ValueError, match="same number of rows"):
+        TokenStepper([ActionSequenceModel(4, 3, 8), ActionSequenceModel(4, 3, 8)],
+                     [torch.zeros(2, 4), torch.zeros(3, 4)])
 
 
 # ------------------------------------------------------------- loss masking

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from pixelplan.planners.shooting import Plans, best_of, sample_plans
+from pixelplan.planners.shooting import Plans, best_of, sample_plans, shoot
 
 
 class TableModel:
@@ -53,6 +53,27 @@ class TableModel:
 
         step.calls = calls
         return step
+
+    def stepper(self, row_table: torch.Tensor) -> "TableStepper":
+        return TableStepper(self.logp.float(), row_table)
+
+
+class TableStepper:
+    """The table model as a planner ``Stepper``: one row per entry of ``row_table``, which
+    the planner repeats for its trials through ``start``."""
+    scriptable = False
+
+    def __init__(self, table: torch.Tensor, row_table: torch.Tensor):
+        self.table, self.row_table, self.rows = table, row_table, len(row_table)
+        self.started = []
+
+    def start(self, trials: int) -> list[torch.Tensor]:
+        self.started.append(trials)
+        return [self.row_table.repeat_interleave(trials), torch.zeros((), dtype=torch.long)]
+
+    def advance(self, state, prev):
+        row_table, i = state
+        return self.table[:, row_table, int(i), prev], [row_table, i + 1]
 
 
 def brute_score(z: torch.Tensor, seq, end: int, gamma: float) -> float:
@@ -152,11 +173,10 @@ def guided_probability(z, seq, n_actions, max_len, termination):
 def test_best_of_finds_the_brute_force_best_plan(n_actions, max_len, use_prior, termination):
     n_groups, trials, gamma = max_len + 1, 6000, 0.7
     model = TableModel(n_actions, max_len, 2 if use_prior else 1, n_tables=n_groups, seed=100 + max_len)
-    row_table = torch.arange(n_groups * trials) // trials     # one table per group
-    limits = row_table.clone()                                # group g plans at most (or exactly) g actions
-    plans = sample_plans(model.step_fn(row_table), n_actions, limits, use_prior=use_prior, clip_logp=None,
-                         gamma=gamma, termination=termination, generator=torch.Generator().manual_seed(2))
-    best = best_of(plans, n_groups)
+    groups = torch.arange(n_groups)                           # one table per group
+    limits = groups.clone()                                   # group g plans at most (or exactly) g actions
+    best = shoot(model.stepper(groups), n_actions, limits, trials=trials, use_prior=use_prior, clip_logp=None,
+                 gamma=gamma, termination=termination, generator=torch.Generator().manual_seed(2))
     assert best.actions.shape == (n_groups, max_len)
     z = model.z(use_prior)
     exact = termination == "plan_end"
@@ -180,6 +200,49 @@ def test_best_of_picks_the_argmax_row_of_each_group():
     assert best.scores.tolist() == [2.0, 5.0]
     assert best.lengths.tolist() == [1, 4]
     assert best.actions.tolist() == [[2, 3], [8, 9]]
+
+
+# ---------------------------------------------------- (b') trials, a parameter
+@pytest.mark.parametrize("termination,clip", [("early", -3.15), ("plan_end", None)])
+def test_trials_gives_exactly_the_plans_of_the_explicit_repeat(termination, clip):
+    # `trials=N` over one row per state must be the old layout exactly: every row repeated
+    # N times consecutively (stepper rows and max_len alike), same noise, same plans, same scores.
+    n_actions, trials = 3, 7
+    model = TableModel(n_actions, 4, 2, n_tables=4, seed=17, scale=2.0)
+    row_table = torch.tensor([2, 0, 3, 1, 0])
+    limits = torch.tensor([4, 0, 2, 3, 1])
+    kw = dict(clip_logp=clip, termination=termination, gamma=0.9)
+    stepper = model.stepper(row_table)
+    plans = sample_plans(stepper, n_actions, limits, trials=trials, generator=torch.Generator().manual_seed(4), **kw)
+    assert stepper.started == [trials]
+    explicit = sample_plans(model.step_fn(row_table.repeat_interleave(trials)), n_actions,
+                            limits.repeat_interleave(trials), generator=torch.Generator().manual_seed(4), **kw)
+    assert plans.actions.shape == (len(limits) * trials, 4)
+    assert torch.equal(plans.actions, explicit.actions)
+    assert torch.equal(plans.lengths, explicit.lengths)
+    assert torch.equal(plans.scores, explicit.scores)
+    assert (plans.lengths.view(-1, trials) <= limits.view(-1, 1)).all()
+    assert len(set(map(tuple, plans.actions.tolist()))) > 5       # the trials do differ
+    best = shoot(model.stepper(row_table), n_actions, limits, trials=trials,
+                 generator=torch.Generator().manual_seed(4), **kw)
+    want = best_of(explicit, len(limits))
+    assert torch.equal(best.actions, want.actions) and torch.equal(best.scores, want.scores)
+
+
+def test_trials_that_do_not_match_the_rows_are_a_clear_error():
+    model = TableModel(2, 3, 2, seed=18)
+    row_table, limits = torch.tensor([0, 0]), torch.tensor([3, 2])
+    # The old habit: max_len repeated for the trials while the stepper has one row per state.
+    with pytest.raises(ValueError, match="2 rows but max_len has 6"):
+        sample_plans(model.stepper(row_table), 2, limits.repeat_interleave(3), trials=3)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="trials must be >= 1"):
+            sample_plans(model.stepper(row_table), 2, limits, trials=bad)
+    with pytest.raises(ValueError, match="trials must be an integer"):
+        shoot(model.stepper(row_table), 2, limits, trials=2.0)
+    # A plain step function steps the rows it is given: it cannot make more trials.
+    with pytest.raises(ValueError, match="needs a Stepper"):
+        sample_plans(model.step_fn(row_table), 2, limits, trials=2)
 
 
 # ------------------------------------------------------------ (c) END rules

@@ -287,3 +287,215 @@ def test_the_shipped_table_1a_reference_names_every_paper_game():
     ref = load_reference(Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "glamor_table1a.json")
     assert set(ref) == {f"atari:{g}" for g in PAPER_GAMES}   # keys are env names that runs record
     assert ref["atari:pong"]["glamor"] == 0.44 and ref["atari:qbert"] == {"glamor": 0.83, "discern": 0.26, "gcsl": 0.56}
+
+
+# ------------------------------------------------------- metrics other than success
+CHEETAH = "dmc:cheetah-run"
+
+# (env, agent, seed): (final mean return, env steps, {eval step: mean return})
+REWARD_RUNS = {
+    (CHEETAH, "planet", 0): (600.0, 5000, {2500: 150.0, 5000: 600.0}),
+    (CHEETAH, "planet", 1): (625.0, 5000, {2500: 250.0, 5000: 625.0}),
+    (CHEETAH, "random", 0): (20.5, 5000, {2500: 18.0, 5000: 20.5}),
+}
+
+
+def write_eval_run(path: Path, env: str, agent: str, seed: int, env_steps: int, finals: dict,
+                   evals: dict[int, dict]) -> Path:
+    """A run directory whose summary and eval lines carry exactly the metrics given."""
+    path.mkdir(parents=True)
+    lines = [{"step": step, "kind": "eval", **metrics, "eval_episodes": 10, "wall_seconds": 1.0}
+             for step, metrics in sorted(evals.items())]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    summary = {"env": env, "agent": agent, "label": agent, "seed": seed, "preset": "debug",
+               "env_steps": env_steps, "updates": 7, "wall_seconds": 9.0, "eval_trials": None,
+               **finals, "eval_episodes": 10}
+    (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return path
+
+
+@pytest.fixture
+def reward_dirs(tmp_path) -> list[Path]:
+    root = tmp_path / "reward-runs"
+    return [write_eval_run(root / f"cheetah-{agent}-seed{seed}", env, agent, seed, steps,
+                           {"mean_return": final, "mean_steps": 1000.0},
+                           {s: {"mean_return": r, "mean_steps": 1000.0} for s, r in evals.items()})
+            for (env, agent, seed), (final, steps, evals) in REWARD_RUNS.items()]
+
+
+@pytest.fixture
+def saved_figures(monkeypatch) -> dict:
+    """{png path: the matplotlib Figure saved there}, for checking axes after the fact."""
+    from matplotlib.figure import Figure
+    saved = {}
+    original = Figure.savefig
+
+    def savefig(self, path, *args, **kwargs):
+        saved[Path(path).name] = self
+        return original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
+
+
+def band_range(ax) -> tuple[float, float]:
+    """The lowest and highest y of the filled +-1 std bands on ``ax``."""
+    ys = np.concatenate([p.vertices[:, 1] for c in ax.collections for p in c.get_paths()])
+    return float(ys.min()), float(ys.max())
+
+
+def test_a_reward_task_gets_a_mean_return_row(reward_dirs, tmp_path, saved_figures):
+    out = tmp_path / "out"
+    result = make_table(reward_dirs, out)
+    cells = result["table"][CHEETAH]
+    assert json.loads((out / "table.json").read_text())[CHEETAH]["planet"]["metric"] == "mean_return"
+    assert {cell["metric"] for cell in cells.values()} == {"mean_return"}
+    assert cells["planet"]["mean"] == pytest.approx(612.5) and cells["planet"]["std"] == pytest.approx(12.5)
+    assert cells["random"]["mean"] == pytest.approx(20.5) and cells["random"]["seeds"] == 1
+    assert result["metrics"] == {CHEETAH: "mean_return"}
+    markdown = result["markdown"]
+    header, body = parse_markdown(markdown)
+    assert header == ["env", "planet", "random"]
+    assert body[CHEETAH] == {"planet": "612.5 (12.5), n=2, 5k steps", "random": "20.5 (0.0), n=1, 5k steps"}
+    assert "Final evaluation mean_return: mean (std)" in markdown and "success" not in markdown
+
+    # The curve: mean returns, a band not clipped to [0, 1], a y axis that says so.
+    steps, mean, std = table_mod.curves(table_mod.find_runs(reward_dirs))[CHEETAH]["planet"]
+    assert steps.tolist() == [2500, 5000] and mean == pytest.approx([200.0, 612.5])
+    assert std == pytest.approx([50.0, 12.5])
+    ax = saved_figures["curve-dmc-cheetah-run.png"].axes[0]
+    assert ax.get_ylabel() == "eval mean return"
+    assert band_range(ax) == pytest.approx((18.0, 625.0))            # random at 18; planet 612.5 + 12.5
+    assert ax.get_ylim()[1] > 600
+    assert (out / "curve-dmc-cheetah-run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rate_curves_are_clipped_to_0_1_and_labelled(run_dirs, tmp_path, saved_figures):
+    make_table(run_dirs, tmp_path / "out")
+    ax = saved_figures["curve-gridworld.png"].axes[0]
+    assert ax.get_ylabel() == "eval success rate"
+    low, high = band_range(ax)
+    assert low == 0.0 and high <= 1.0            # random's 0.05 - 0.05 std and glamor's 0.75 + 0.2
+    assert ax.get_ylim() == pytest.approx((-0.02, 1.02))
+
+
+def test_a_mixed_table_names_each_rows_metric(run_dirs, reward_dirs, tmp_path):
+    out = tmp_path / "out"
+    result = make_table([*run_dirs, *reward_dirs], out)
+    assert result["metrics"] == {CARTPOLE: "success_rate", CHEETAH: "mean_return", "gridworld": "success_rate"}
+    on_disk = json.loads((out / "table.json").read_text())
+    assert {env: {c["metric"] for c in cells.values()} for env, cells in on_disk.items()} == \
+        {CARTPOLE: {"success_rate"}, CHEETAH: {"mean_return"}, "gridworld": {"success_rate"}}
+    header, body = parse_markdown(result["markdown"])
+    assert header == ["env", "glamor", "gcsl", "planet", "random"]
+    assert body["gridworld"]["glamor"] == "0.75 (0.20), n=3, 3k steps"
+    assert body[CHEETAH]["planet"] == "612.5 (12.5), n=2, 5k steps" and body[CHEETAH]["glamor"] == "-"
+    assert (f"Final evaluation metric, by env: success_rate ({CARTPOLE}, gridworld); "
+            f"mean_return ({CHEETAH})") in result["markdown"]
+    assert sorted(p.name for p in out.glob("*.png")) == \
+        ["curve-dmc-cartpole-balance.png", "curve-dmc-cheetah-run.png", "curve-gridworld.png"]
+
+
+def test_reference_numbers_of_a_reward_row_use_its_format(reward_dirs, tmp_path):
+    _, body = parse_markdown(make_table(reward_dirs, tmp_path / "out",
+                                        reference={CHEETAH: {"planet": 662}})["markdown"])
+    assert body[CHEETAH]["paper (planet)"] == "662.0"
+
+
+def test_auto_skips_runs_with_neither_success_rate_nor_mean_return(run_dirs, tmp_path):
+    odd = write_eval_run(tmp_path / "odd", "dmc:odd", "glamor", 0, 100, {"mean_steps": 3.0},
+                         {100: {"mean_steps": 3.0}})
+    with pytest.warns(TableWarning, match=r"odd: summary.json has no final success_rate or mean_return"):
+        result = make_table([odd, *run_dirs], tmp_path / "out")
+    assert "dmc:odd" not in result["table"]
+
+
+def goal_runs_with_optimal_rate(tmp_path) -> list[Path]:
+    finals = {0: (1.0, 0.8), 1: (0.5, 0.25)}
+    return [write_eval_run(tmp_path / f"grid-glamor-seed{seed}", "gridworld", "glamor", seed, 3000,
+                           {"success_rate": s, "optimal_rate": o},
+                           {1000: {"success_rate": s / 2, "optimal_rate": o / 2},
+                            3000: {"success_rate": s, "optimal_rate": o}})
+            for seed, (s, o) in finals.items()]
+
+
+def test_metric_optimal_rate_selects_it(tmp_path, saved_figures):
+    dirs = goal_runs_with_optimal_rate(tmp_path)
+    no_optimal = write_eval_run(tmp_path / "grid-glamor-seed2", "gridworld", "glamor", 2, 3000,
+                                {"success_rate": 0.9}, {3000: {"success_rate": 0.9}})
+    with pytest.warns(TableWarning, match=r"seed2: summary.json has no final optimal_rate \(it has"):
+        result = make_table([*dirs, no_optimal], tmp_path / "out", metric="optimal_rate")
+    cell = result["table"]["gridworld"]["glamor"]
+    assert cell["metric"] == "optimal_rate" and cell["seeds"] == 2
+    assert cell["mean"] == pytest.approx(0.525) and cell["std"] == pytest.approx(0.275)
+    assert "Final evaluation optimal_rate:" in result["markdown"]
+    steps, mean, _ = table_mod.curves(table_mod.find_runs(dirs, "optimal_rate"))["gridworld"]["glamor"]
+    assert steps.tolist() == [1000, 3000] and mean == pytest.approx([0.2625, 0.525])
+    assert saved_figures["curve-gridworld.png"].axes[0].get_ylabel() == "eval optimal rate"
+    # auto on the same runs is the success rate.
+    assert make_table(dirs, tmp_path / "auto")["table"]["gridworld"]["glamor"]["mean"] == pytest.approx(0.75)
+
+
+def test_cli_table_metric_flag(tmp_path, capsys):
+    dirs = goal_runs_with_optimal_rate(tmp_path)
+    out = tmp_path / "tables"
+    assert cli.main(["table", *map(str, dirs), "--out", str(out), "--metric", "optimal_rate"]) == 0
+    captured = capsys.readouterr()
+    _, body = parse_markdown(captured.out)
+    assert body["gridworld"]["glamor"] == "0.53 (0.28), n=2, 3k steps"
+    assert "Final evaluation optimal_rate:" in captured.out
+    assert json.loads((out / "table.json").read_text())["gridworld"]["glamor"]["metric"] == "optimal_rate"
+
+
+def test_unknown_metric_is_an_error(run_dirs, reward_dirs, tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"no run reports the metric 'nope' \(the runs report: "
+                                         r"eval_episodes, mean_return, mean_steps, success_rate"):
+        make_table([*run_dirs, *reward_dirs], tmp_path / "out", metric="nope")
+    with pytest.raises(ValueError, match="no run reports the metric 'env_steps'"):   # a run field, not a metric
+        make_table(run_dirs, tmp_path / "out", metric="env_steps")
+    assert not (tmp_path / "out" / "table.md").exists()
+
+    assert cli.main(["table", *map(str, run_dirs), "--out", str(tmp_path / "cli"), "--metric", "nope"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("pixelplan table: error: no run reports the metric 'nope'")
+    assert captured.err.count("\n") == 1                       # one line, no per-run warnings
+    assert not (tmp_path / "cli").exists()
+
+
+# ------------------------------------------------------ a run's learning curve
+def eval_records(metrics_by_step: dict[int, dict]) -> list[dict]:
+    return [r for step, m in sorted(metrics_by_step.items())
+            for r in ({"step": step, "kind": "train", "loss": 0.5}, {"step": step, "kind": "eval", **m})]
+
+
+def test_learning_curve_of_a_reward_task(tmp_path, saved_figures):
+    from pixelplan.runs import plots
+    path = tmp_path / "learning_curve.png"
+    plots.learning_curve(eval_records({1000: {"mean_return": 120.0, "mean_steps": 1000.0},
+                                       2000: {"mean_return": 480.0, "mean_steps": 1000.0}}), path, title="t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ax = saved_figures[path.name].axes[0]
+    assert ax.get_ylabel() == "eval mean return"
+    assert [line.get_label() for line in ax.get_lines()] == ["mean return"]
+    assert ax.get_lines()[0].get_ydata().tolist() == [120.0, 480.0]
+    assert ax.get_ylim()[1] > 480                             # not a [0, 1] axis
+
+
+def test_learning_curve_of_a_goal_task_and_a_chosen_metric(tmp_path, saved_figures):
+    from pixelplan.runs import plots
+    records = eval_records({1000: {"success_rate": 0.5, "optimal_rate": 0.25, "mean_steps": 6.0},
+                            2000: {"success_rate": 1.0, "optimal_rate": 0.75, "mean_steps": 4.0}})
+    plots.learning_curve(records, tmp_path / "goal.png")
+    ax = saved_figures["goal.png"].axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["success rate", "optimal rate"]
+    assert ax.get_ylabel() == "fraction of evaluation goals"
+    assert ax.get_ylim() == pytest.approx((-0.02, 1.02))
+
+    plots.learning_curve(records, tmp_path / "steps.png", metric="mean_steps")
+    ax = saved_figures["steps.png"].axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["mean steps"]
+    assert ax.get_ylabel() == "eval mean steps" and ax.get_ylim()[1] > 6
+    with pytest.raises(ValueError, match="mean_return"):
+        plots.learning_curve(records, tmp_path / "none.png", metric="mean_return")
+    assert not (tmp_path / "none.png").exists()

@@ -68,7 +68,7 @@ from pixelplan.data.replay import PAD, HindsightBatch
 from pixelplan.data.samplers import HindsightSampler
 from pixelplan.nets.action_model import ActionSequenceModel, TokenStepper
 from pixelplan.nets.encoders import make_encoder
-from pixelplan.planners.shooting import Plans, best_of, sample_plans
+from pixelplan.planners.shooting import Plans, shoot
 
 _IGNORE = -100  # cross_entropy's ignore index for positions after END
 _GOAL_CACHE_SIZE = 4096
@@ -204,20 +204,16 @@ class GlamorAgent(AgentBase):
         model = self.planning_model.eval()
         dev = self.device
         idm_code, prior_code = model.mix_codes(torch.as_tensor(state, device=dev), self._goal_features(goal))
-        n = len(max_len)
         models, codes = [model.idm], [idm_code]
         if self.cfg.use_prior:
             models.append(model.prior)
             codes.append(prior_code)
-        stepper = TokenStepper(models, codes, repeats=trials)
-        limits = torch.as_tensor(np.asarray(max_len), dtype=torch.long,
-                                 device=dev).repeat_interleave(trials)
-        plans = sample_plans(stepper, self.spec.n_actions, limits, use_prior=self.cfg.use_prior,
-                             clip_logp=self.cfg.clip_logp, gamma=self.cfg.gamma,
-                             proposal=proposal or self.cfg.proposal,
-                             termination=termination or self.cfg.termination,
-                             generator=self.generator)
-        return best_of(plans, n)
+        limits = torch.as_tensor(np.asarray(max_len), dtype=torch.long, device=dev)
+        return shoot(TokenStepper(models, codes), self.spec.n_actions, limits, trials=trials,
+                     use_prior=self.cfg.use_prior, clip_logp=self.cfg.clip_logp, gamma=self.cfg.gamma,
+                     proposal=proposal or self.cfg.proposal,
+                     termination=termination or self.cfg.termination,
+                     generator=self.generator)
 
     def _goal_features(self, goal: np.ndarray) -> torch.Tensor:
         if self._goal_cache_updates != self.updates or len(self._goal_cache) > _GOAL_CACHE_SIZE:

@@ -110,7 +110,12 @@ def _check_kwargs(name: str, factory: Callable, kwargs: dict, skip_first: bool =
     unknown = [k for k in kwargs if k not in accepted]
     if unknown:
         hints = []
+        # a factory may name what to use instead of an option users are likely to try
+        named = getattr(factory, "option_hints", None) or {}
         for k in unknown:
+            if k in named:
+                hints.append(f"{k!r} (use {named[k]})")
+                continue
             close = difflib.get_close_matches(k, accepted, n=1)
             hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ValueError(

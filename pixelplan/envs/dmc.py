@@ -1,12 +1,13 @@
-"""DeepMind Control tasks as visual goal environments (GLAMOR paper 4.1, after DISCERN).
+"""DeepMind Control tasks as pixel environments: GLAMOR's goal tasks and PlaNet's reward tasks.
 
-``make("dmc:<domain>-<task>")`` builds a :class:`DMCGoalEnv`. The seven tasks of the paper
-(:data:`PAPER_TASKS`) have their goal features fixed by :data:`FEATURES`; any other
-dm_control suite task works by name too, with its position-type observations (keys
-naming a position or orientation, never a velocity) as features.
+``make("dmc:<domain>-<task>")`` builds a :class:`DMCGoalEnv`. Two kinds of task (the option
+``task``):
 
-What the agent sees and does, per the paper and the facts in
-``../shared/reference/glamor-facts.md``:
+``task="goal"`` (the default): a visual goal environment (GLAMOR paper 4.1, after DISCERN).
+The seven tasks of the paper (:data:`PAPER_TASKS`) have their goal features fixed by
+:data:`FEATURES`; any other dm_control suite task works by name too, with its position-type
+observations (keys naming a position or orientation, never a velocity) as features. What the
+agent sees and does, per the paper and the facts in ``../shared/reference/glamor-facts.md``:
 
 * Frames: grayscale, 80 (H) x 104 (W), rendered headless directly at that size from
   camera 0, with multisampling, shadows and reflections off (5-8x cheaper than
@@ -14,11 +15,28 @@ What the agent sees and does, per the paper and the facts in
 * Actions: {-1, 0, +1} per action dimension, all combinations (3^A actions), scaled to
   the action bounds; manipulator moves one dimension at a time (2A + 1 = 11 actions,
   action 0 is "all zero").
-* Frame skip 4 for point_mass, 1 otherwise; an episode is T = 100 agent steps.
+* Frame skip 4 for point_mass, 1 otherwise; an episode is T = 100 agent steps; reward 0.
 * Goals: the feature ranges, 30 evaluation goals and 1000 training goals are built once
   per task from random rollouts (:func:`pixelplan.envs.goals.build_goal_sets`),
   deterministically from ``goal_seed``, and cached on disk (``$PIXELPLAN_CACHE``, default
   ``~/.cache/pixelplan``). Every run and every agent therefore sees the same goals.
+
+``task="reward"``: any suite task with its own reward and no goals (PlaNet, Hafner et al.
+2019, in ``../shared/papers/planet.md``). Defaults are PlaNet's:
+
+* Frames: RGB 64 x 64 (``grayscale=False``), from camera 0 (the paper does not say which
+  camera), rendered directly at that size with the same cheap settings as above.
+* Actions: continuous, a float32 ``Box`` with dm_control's bounds.
+* Action repeat (``frame_skip``) per :data:`ACTION_REPEAT` (PlaNet's appendix A: cartpole 8,
+  reacher 4, cheetah 4, finger 2, ball_in_cup 4, walker 2), :data:`DEFAULT_ACTION_REPEAT` = 4
+  for every other domain. The reward of one agent step is the sum of dm_control's rewards
+  over its repeated env steps (PlaNet's Algorithm 1).
+* Episodes of :data:`EPISODE_ENV_STEPS` = 1000 env steps (dm_control's own length for every
+  suite task but lqr): ``max_episode_steps = 1000 // frame_skip`` agent steps (125 for
+  cartpole).
+
+Either kind takes either kind of action (``actions="discrete"|"continuous"``) and every default
+can be overridden. Continuous actions are clipped to the action bounds.
 
 Rendering needs an OpenGL backend: ``MUJOCO_GL=egl`` (the default set here; Mesa's
 software EGL works without a GPU) or ``MUJOCO_GL=osmesa`` (``apt-get install
@@ -36,10 +54,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from .core import Goal, GoalEnv, _to_gray
+from .core import Goal, GoalEnv, _to_gray, random_action
 from .goals import FixedGoalSets
 
-__all__ = ["DMCGoalEnv", "PAPER_TASKS", "FEATURES", "make_dmc"]
+__all__ = ["DMCGoalEnv", "PAPER_TASKS", "FEATURES", "ACTION_REPEAT", "make_dmc"]
 
 #: the seven tasks of the GLAMOR paper (chosen by DISCERN)
 PAPER_TASKS = ("ball_in_cup-catch", "cartpole-balance", "finger-spin", "manipulator-bring_ball",
@@ -58,8 +76,23 @@ FEATURES = {
 
 #: domains that move one action dimension at a time (2A + 1 actions)
 ONE_AXIS_DOMAINS = ("manipulator",)
-#: agent steps per env step, where it is not 1
+#: goal tasks: env steps per agent step, where it is not 1 (GLAMOR)
 FRAME_SKIP = {"point_mass": 4}
+
+#: reward tasks: PlaNet's action repeat R per domain (env steps per agent step; appendix A)
+ACTION_REPEAT = {"cartpole": 8, "reacher": 4, "cheetah": 4, "finger": 2, "ball_in_cup": 4, "walker": 2}
+#: reward tasks: the action repeat of domains PlaNet did not run (the median of its table)
+DEFAULT_ACTION_REPEAT = 4
+#: reward tasks: env steps per episode (dm_control's own length for every suite task but lqr)
+EPISODE_ENV_STEPS = 1000
+#: reward tasks: PlaNet's frames, 64 x 64 RGB
+PLANET_FRAME = 64
+
+TASK_KINDS = ("goal", "reward")
+ACTION_KINDS = ("discrete", "continuous")
+#: options that only shape a goal task's goal sets (a reward task refuses them)
+GOAL_SET_OPTIONS = ("goal_seed", "n_eval_goals", "n_train_goals", "range_rollouts")
+_GOAL_SET_DEFAULTS = {"goal_seed": 0, "n_eval_goals": 30, "n_train_goals": 1000, "range_rollouts": 500}
 
 
 def _setup_rendering() -> None:
@@ -91,95 +124,187 @@ def _discrete_actions(minimum: np.ndarray, maximum: np.ndarray, one_axis: bool) 
     return centre + unit * half
 
 
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value
+
+
 class DMCGoalEnv(FixedGoalSets, GoalEnv):
     """One dm_control suite task as a :class:`GoalEnv` (see the module docstring).
 
-    Options: ``height``, ``width``, ``grayscale``, ``camera_id``; ``frame_skip`` (None = the
-    paper's per-domain value); ``max_episode_steps`` (T, default 100); ``goal_seed`` and the
-    goal-set sizes ``n_eval_goals``, ``n_train_goals``, ``range_rollouts``; ``cache_dir``.
+    Options (None = the default of the task kind, goal / reward):
+
+    * ``task``: ``"goal"`` (GLAMOR: goal sets, reward 0) or ``"reward"`` (PlaNet: dm_control's
+      reward, no goals). Named by keyword only: the second positional argument is dm_control's
+      task name (``task_name``, e.g. ``"balance"``; kept as the attribute ``task``, while the
+      kind is ``task_kind``, and the kind of actions ``action_kind``).
+    * ``actions``: ``"discrete"`` (the {-1, 0, +1} grid, ``Discrete(n)``) or ``"continuous"``
+      (``Box(minimum, maximum, (A,), float32)`` from dm_control's action spec; ``step`` takes a
+      float array of shape (A,), which must be finite and is clipped to the bounds, since MuJoCo
+      would clamp it to the actuators' control range anyway and the bounds are the contract's
+      word); default discrete / continuous.
+    * ``height``, ``width``, ``grayscale``: default 80, 104, True / 64, 64, False.
+    * ``frame_skip``: env steps per agent step, which is PlaNet's *action repeat* R (one name
+      for both, so there is no ``action_repeat`` option); default 4 for point_mass, else 1 /
+      :data:`ACTION_REPEAT`, else 4. A step's reward is the sum over its env steps.
+    * ``max_episode_steps`` (T, agent steps): default 100 / ``1000 // frame_skip``. An episode
+      is also truncated when dm_control ends it (``time_step.last()``).
+    * ``camera_id`` (0), ``cache_dir``, ``render_mode``.
+    * Goal tasks only: ``goal_seed`` (0) and the goal-set sizes ``n_eval_goals`` (30),
+      ``n_train_goals`` (1000), ``range_rollouts`` (500). A reward task refuses them with a
+      ValueError rather than ignoring them: they would change nothing, and whoever passes them
+      expects goals. It accepts ``cache_dir`` (a place, not a behaviour) and leaves it unused.
     """
 
     metadata = {"render_modes": ["rgb_array"]}
 
-    def __init__(self, domain: str, task: str, height: int = 80, width: int = 104, grayscale: bool = True,
-                 frame_skip: int | None = None, max_episode_steps: int = 100, camera_id: int = 0,
-                 goal_seed: int = 0, n_eval_goals: int = 30, n_train_goals: int = 1000,
-                 range_rollouts: int = 500, cache_dir: str | None = None, render_mode: str | None = None):
+    def __init__(self, domain: str, task_name: str, height: int | None = None, width: int | None = None,
+                 grayscale: bool | None = None, frame_skip: int | None = None,
+                 max_episode_steps: int | None = None, camera_id: int = 0, goal_seed: int | None = None,
+                 n_eval_goals: int | None = None, n_train_goals: int | None = None,
+                 range_rollouts: int | None = None, cache_dir: str | None = None, render_mode: str | None = None,
+                 *, task: str = "goal", actions: str | None = None):
         _setup_rendering()
         from dm_control import suite
 
-        if (domain, task) not in suite.ALL_TASKS:
+        if (domain, task_name) not in suite.ALL_TASKS:
             known = [f"{d}-{t}" for d, t in suite.ALL_TASKS]
-            close = difflib.get_close_matches(f"{domain}-{task}", known, n=1)
-            raise ValueError(f"unknown dm_control task {domain}-{task!s}"
+            close = difflib.get_close_matches(f"{domain}-{task_name}", known, n=1)
+            raise ValueError(f"unknown dm_control task {domain}-{task_name!s}"
                              + (f" (did you mean dmc:{close[0]}?)" if close else "")
                              + f"; the paper's tasks: {', '.join('dmc:' + t for t in PAPER_TASKS)}")
+        self.task_kind = _choice("task", task, TASK_KINDS)
+        self.has_goals = self.task_kind == "goal"
+        self.has_reward = not self.has_goals
+        goal_options = dict(goal_seed=goal_seed, n_eval_goals=n_eval_goals, n_train_goals=n_train_goals,
+                            range_rollouts=range_rollouts)
+        if not self.has_goals:
+            given = [k for k, v in goal_options.items() if v is not None]
+            if given:
+                raise ValueError(f"dmc:{domain}-{task_name} is a reward task (task='reward'), which has no goal "
+                                 f"sets: drop the goal-set option(s) {', '.join(given)}")
+        goal_options = {k: _GOAL_SET_DEFAULTS[k] if v is None else v for k, v in goal_options.items()}
+        self.action_kind = _choice("actions", actions if actions is not None
+                               else ("discrete" if self.has_goals else "continuous"), ACTION_KINDS)
+        if height is None:
+            height = 80 if self.has_goals else PLANET_FRAME
+        if width is None:
+            width = 104 if self.has_goals else PLANET_FRAME
+        if grayscale is None:
+            grayscale = self.has_goals
+        if frame_skip is not None and int(frame_skip) < 1:
+            raise ValueError(f"frame_skip must be >= 1, got {frame_skip}")
+        if frame_skip is None:
+            frame_skip = (FRAME_SKIP.get(domain, 1) if self.has_goals
+                          else ACTION_REPEAT.get(domain, DEFAULT_ACTION_REPEAT))
+        if max_episode_steps is None:
+            if self.has_goals:
+                max_episode_steps = 100
+            else:
+                if int(frame_skip) > EPISODE_ENV_STEPS:
+                    raise ValueError(f"frame_skip {frame_skip} is longer than a reward task's episode of "
+                                     f"{EPISODE_ENV_STEPS} env steps; pass max_episode_steps too")
+                max_episode_steps = EPISODE_ENV_STEPS // int(frame_skip)
         for name, value in (("height", height), ("width", width), ("max_episode_steps", max_episode_steps)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if frame_skip is not None and int(frame_skip) < 1:
-            raise ValueError(f"frame_skip must be >= 1, got {frame_skip}")
-        self.domain, self.task = domain, task
-        self.name = f"dmc:{domain}-{task}"
+        self.domain, self.task = domain, task_name
+        self.name = f"dmc:{domain}-{task_name}"
         self.height, self.width, self.grayscale = int(height), int(width), bool(grayscale)
         self.camera_id = int(camera_id)
-        self.frame_skip = int(frame_skip) if frame_skip is not None else FRAME_SKIP.get(domain, 1)
+        self.frame_skip = int(frame_skip)
         self.max_episode_steps = int(max_episode_steps)
         self.render_mode = render_mode
 
-        self._env = suite.load(domain, task, task_kwargs={"random": goal_seed})
+        self._env = suite.load(domain, task_name, task_kwargs={"random": goal_options["goal_seed"]})
         physics = self._env.physics
         physics.model.vis.quality.offsamples = 0
         physics.model.light_castshadow[:] = 0
         physics.model.mat_reflectance[:] = 0
 
         spec = self._env.action_spec()
-        self._actions = _discrete_actions(np.asarray(spec.minimum, float), np.asarray(spec.maximum, float),
-                                          one_axis=domain in ONE_AXIS_DOMAINS)
-        self.action_space = gym.spaces.Discrete(len(self._actions))
+        self._low = np.broadcast_to(np.asarray(spec.minimum, np.float64), spec.shape).copy()
+        self._high = np.broadcast_to(np.asarray(spec.maximum, np.float64), spec.shape).copy()
+        if self.action_kind == "continuous":
+            if not (np.all(np.isfinite(self._low)) and np.all(np.isfinite(self._high))):
+                raise ValueError(f"{self.name} has unbounded actions ({spec}); continuous actions need finite bounds")
+            self._actions = None
+            self.action_space = gym.spaces.Box(self._low.astype(np.float32), self._high.astype(np.float32),
+                                               tuple(spec.shape), np.float32)
+        else:
+            self._actions = _discrete_actions(self._low.reshape(-1), self._high.reshape(-1),
+                                              one_axis=domain in ONE_AXIS_DOMAINS)
+            self.action_space = gym.spaces.Discrete(len(self._actions))
         shape = (self.height, self.width) if self.grayscale else (self.height, self.width, 3)
         self.observation_space = gym.spaces.Box(0, 255, shape, np.uint8)
+
+        self._t = 0
+        self._live: bool | None = None   # None: never reset; False: dm_control ended the episode
+        self._frame: np.ndarray | None = None
+        self._features: np.ndarray | None = None
+        if not self.has_goals:
+            self.feature_keys, self.feature_names = (), ()
+            self.goal_spec = None
+            self.goal_sets = None
+            self.goal_cache_path = None
+            return
 
         obs_spec = self._env.observation_spec()
         self.feature_keys = FEATURES.get(domain) or _position_keys(obs_spec)
         if not self.feature_keys:
-            raise ValueError(f"dm_control task {domain}-{task} has no position-type observation to use as goal "
-                             f"features (observations: {', '.join(obs_spec)})")
+            raise ValueError(f"dm_control task {domain}-{task_name} has no position-type observation to use as goal "
+                             f"features (observations: {', '.join(obs_spec)}); it can still be a reward task "
+                             "(task='reward')")
         self.feature_names = tuple(
             f"{key}_{i}" for key in self.feature_keys for i in range(int(np.prod(obs_spec[key].shape))))
-
-        self._t = 0
-        self._frame: np.ndarray | None = None
-        self._features: np.ndarray | None = None
         key = {"env": self.name, "height": self.height, "width": self.width, "grayscale": self.grayscale,
                "camera_id": self.camera_id, "frame_skip": self.frame_skip, "T": self.max_episode_steps,
                "versions": _versions()}
-        self._load_goal_sets(key, self.feature_names, goal_seed, n_eval_goals, n_train_goals, range_rollouts,
-                             cache_dir)
+        if self.action_kind != "discrete":   # discrete goal tasks keep the key their cached sets have
+            key["actions"] = self.action_kind
+        self._load_goal_sets(key, self.feature_names, goal_options["goal_seed"], goal_options["n_eval_goals"],
+                             goal_options["n_train_goals"], goal_options["range_rollouts"], cache_dir)
 
     # ------------------------------------------------------------------ the contract
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self._reset_physics(int(self.np_random.integers(2**31 - 1)) if seed is None else seed)
         self._frame = self._render()
-        return self._frame, {"features": self._features.copy()}
+        return self._frame, self._info()
 
     def step(self, action):
-        last = self._advance(action)
+        reward, last = self._advance(action)
         self._frame = self._render()
         truncated = last or self._t >= self.max_episode_steps
-        return self._frame, 0.0, False, truncated, {"features": self._features.copy()}
+        return self._frame, reward if self.has_reward else 0.0, False, truncated, self._info()
 
     def current_goal(self) -> Goal:
+        self._require_goals("current_goal()")
         if self._frame is None:
             raise RuntimeError("call reset() before current_goal()")
         return Goal(self._frame, self._features)
 
+    def evaluation_goals(self) -> list[Goal]:
+        self._require_goals("evaluation_goals()")
+        return super().evaluation_goals()
+
+    def training_goals(self, n: int, rng: np.random.Generator | int | None = None) -> list[Goal]:
+        self._require_goals("training_goals()")
+        return super().training_goals(n, rng)
+
+    @property
+    def n_training_goals(self) -> int:
+        """All of the cached training goals (``n_train_goals``, 1000 by default); 0 for a reward task."""
+        return len(self.goal_sets.training) if self.has_goals else 0
+
     def random_rollout(self, rng: np.random.Generator, capture_frame: bool = True) -> Goal:
-        """As :meth:`GoalEnv.random_rollout`, rendering only the final frame (or none)."""
+        """As :meth:`GoalEnv.random_rollout`, rendering only the final frame (or none). Uniform
+        random actions of either kind (:func:`pixelplan.envs.core.random_action`)."""
+        self._require_goals("random_rollout() (it returns a Goal)")
         self._reset_physics(int(rng.integers(2**31 - 1)))
         for _ in range(int(rng.integers(1, self.max_episode_steps + 1))):
-            if self._advance(int(rng.integers(self.action_space.n))):
+            if self._advance(random_action(self.action_space, rng))[1]:
                 break
         self._frame = self._render() if capture_frame else np.zeros(self.observation_space.shape, np.uint8)
         return Goal(self._frame, self._features)
@@ -197,28 +322,63 @@ class DMCGoalEnv(FixedGoalSets, GoalEnv):
         return self._env.physics
 
     # ------------------------------------------------------------------ internals
+    def _require_goals(self, what: str) -> None:
+        if not self.has_goals:
+            raise ValueError(f"{self.name} is a reward task (task='reward') with no goals: {what} is for goal "
+                             "tasks (make it with task='goal')")
+
+    def _info(self) -> dict:
+        return {"features": self._features.copy()} if self.has_goals else {}
+
     def _reset_physics(self, seed: int) -> None:
         # dm_control draws the initial state from the task's RandomState: re-seed it in place.
         self._env.task.random.seed(seed)
         self._t = 0
-        self._features = self._read_features(self._env.reset().observation)
+        observation = self._env.reset().observation
+        self._live = True
+        if self.has_goals:
+            self._features = self._read_features(observation)
 
-    def _advance(self, action) -> bool:
-        """Apply one agent action for ``frame_skip`` env steps; True when dm_control ended the episode."""
-        if self._features is None:
+    def _control(self, action) -> np.ndarray:
+        """The dm_control action of one agent action (validated; continuous ones clipped to the bounds)."""
+        if self._actions is not None:
+            a = int(action)
+            if not 0 <= a < self.action_space.n:
+                raise ValueError(f"action {action!r} is outside 0..{self.action_space.n - 1} for {self.name}")
+            return self._actions[a]
+        shape = self._low.shape
+        try:
+            a = np.asarray(action, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.name} takes a float array of shape {shape} as its action, got a "
+                             f"{type(action).__name__}") from None
+        if a.shape != shape:
+            raise ValueError(f"{self.name} takes a float array of shape {shape} as its action, got shape {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{self.name}'s actions must be finite, got {a.tolist()}")
+        return np.clip(a, self._low, self._high)
+
+    def _advance(self, action) -> tuple[float, bool]:
+        """Apply one agent action for ``frame_skip`` env steps: ``(the sum of dm_control's rewards,
+        whether dm_control ended the episode)``."""
+        if self._live is None:
             raise RuntimeError("call reset() before step()")
-        a = int(action)
-        if not 0 <= a < self.action_space.n:
-            raise ValueError(f"action {action!r} is outside 0..{self.action_space.n - 1} for {self.name}")
-        last = False
+        if not self._live:
+            # dm_control would silently start a new episode (and give no reward): refuse instead
+            raise RuntimeError(f"{self.name}: dm_control ended this episode (truncated); call reset()")
+        control = self._control(action)
+        reward, last = 0.0, False
         for _ in range(self.frame_skip):
-            time_step = self._env.step(self._actions[a])
+            time_step = self._env.step(control)
+            reward += float(time_step.reward)
             if time_step.last():
                 last = True
                 break
         self._t += 1
-        self._features = self._read_features(time_step.observation)
-        return last
+        self._live = not last
+        if self.has_goals:
+            self._features = self._read_features(time_step.observation)
+        return reward, last
 
     def _read_features(self, observation: dict[str, Any]) -> np.ndarray:
         return np.concatenate([np.asarray(observation[k], np.float64).reshape(-1) for k in self.feature_keys])
@@ -238,11 +398,14 @@ def make_dmc(name: str, **options: Any) -> DMCGoalEnv:
     """Prefix handler for ``make("dmc:<domain>-<task>", **options)``."""
     if "-" not in name:
         raise ValueError(f"dm_control env names are dmc:<domain>-<task>, e.g. dmc:cartpole-balance; got dmc:{name}")
-    domain, task = name.split("-", 1)
-    return DMCGoalEnv(domain, task, **options)
+    domain, task_name = name.split("-", 1)
+    return DMCGoalEnv(domain, task_name, **options)
 
 
-# make() checks option names against the handler's signature: show it DMCGoalEnv's options.
-_params = list(inspect.signature(DMCGoalEnv.__init__).parameters.values())[3:]  # after self, domain, task
+# make() checks option names against the handler's signature: show it DMCGoalEnv's options
+# (the keyword-only task and actions included).
+_params = list(inspect.signature(DMCGoalEnv.__init__).parameters.values())[3:]  # after self, domain, task_name
 make_dmc.__signature__ = inspect.Signature(
     [inspect.Parameter("name", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + _params)
+#: PlaNet calls frame_skip the action repeat: make()'s unknown-option error says so
+make_dmc.option_hints = {"action_repeat": "frame_skip, PlaNet's action repeat"}

@@ -13,9 +13,11 @@ Two execution paths share the same parameters:
 
 * ``forward`` (training): teacher forcing over a whole padded sequence with the fused
   ``nn.LSTM``.
-* ``TokenStepper`` (planning): one token at a time for many candidate plans at once.
+* ``TokenStepper`` (planning): one token at a time for many candidate plans at once; it
+  is a stepper of the shooting planner (``pixelplan.planners.shooting.Stepper``: ``rows``,
+  ``start(trials)``, ``advance(state, prev)``), which it satisfies without importing it.
   The code's contribution to the LSTM gates is constant along a plan, so it is computed
-  once per plan; the action's contribution is a row lookup. Several models (idm and
+  once per code and then repeated over the trials; the action's contribution is a row lookup. Several models (idm and
   prior) are stacked and stepped with batched matmuls, so the per-token op count does not
   double with the second model. A test checks both paths agree.
 
@@ -27,7 +29,7 @@ gate through tanh(u) = 2 sigmoid(2u) - 1.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 from torch import nn
@@ -73,7 +75,8 @@ def lstm_stack_step(gates: torch.Tensor, token_input: torch.Tensor, c: torch.Ten
     [W_hh | W_head] (M, H, 4H + V) and ``bias`` [code and LSTM biases | head bias]
     (M, R, 4H + V): one batched matmul gives both this step's logits and the recurrent part
     of the next step's gates. The g-gate columns are pre-scaled by 2 (module docstring).
-    TorchScript compiles this function into the planner's sampling loop.
+    TorchScript compiles this function, through ``TokenStepper.advance``, into the planner's
+    token loop.
     """
     hidden = c.shape[-1]
     s = torch.sigmoid(gates + token_input)
@@ -95,17 +98,27 @@ def _scale_g_columns(t: torch.Tensor, hidden: int) -> torch.Tensor:
 class TokenStepper:
     """Steps one or more ``ActionSequenceModel`` s token by token, in lockstep.
 
-    ``codes[m]`` is the code for model m (all the same number of rows); each row is
-    repeated ``repeats`` times, consecutively, to give one row per candidate plan.
-    ``step(prev)`` feeds the previous token of every row (``n_actions`` = the start of the
-    plan: a zero one-hot) and returns log-probabilities of shape (n_models, rows, n_actions + 1).
+    ``codes[m]`` is the code for model m, one row per state (and goal); every model gets
+    the same number of rows (``rows``). The stepper is functional, as the shooting
+    planner's ``Stepper`` interface asks: ``start(trials)`` gives the initial state for
+    ``rows * trials`` plans, each code repeated ``trials`` times consecutively, and
+    ``advance(state, prev)`` feeds the previous token of every plan (``n_actions`` = the
+    start of the plan: a zero one-hot) and returns (log-probabilities of shape
+    (n_models, rows * trials, n_actions + 1), the next state). ``advance`` is a static
+    function that TorchScript compiles (``scriptable``), so the planner compiles its token
+    loop around it.
     """
 
-    def __init__(self, models: list[ActionSequenceModel], codes: list[torch.Tensor], repeats: int = 1):
+    scriptable = True
+
+    def __init__(self, models: list[ActionSequenceModel], codes: list[torch.Tensor]):
         n_actions = models[0].n_actions
         hidden = models[0].hidden
         if any(m.n_actions != n_actions or m.hidden != hidden for m in models):
             raise ValueError("models stepped together must share n_actions and hidden size")
+        if len(codes) != len(models) or any(len(code) != len(codes[0]) for code in codes):
+            raise ValueError(f"one code per model, all with the same number of rows: {len(models)} models, "
+                             f"codes with {[len(code) for code in codes]} rows")
         biases, hs, cs, weights, token_rows = [], [], [], [], []
         for model, code in zip(models, codes):
             lstm = model.lstm
@@ -124,17 +137,22 @@ class TokenStepper:
                 torch.cat([w_action.t(), w_action.new_zeros(1, 4 * hidden)]), hidden))
         self.weight = torch.stack(weights)                 # (M, H, 4H + A+1)
         self.token_rows = torch.stack(token_rows)          # (M, A+1, 4H)
-        bias = torch.stack(biases)                         # (M, codes, 4H + A+1)
-        gates = torch.baddbmm(bias, torch.stack(hs), self.weight)[:, :, :4 * hidden]
-        # Per-code work is done once per distinct code; then each row is repeated ``repeats``
-        # times (the planner's trials of one state and goal).
-        self.bias = bias.repeat_interleave(repeats, 1)     # (M, R, 4H + A+1)
-        self.gates = gates.repeat_interleave(repeats, 1)   # (M, R, 4H)
-        self.c = torch.stack(cs).repeat_interleave(repeats, 1)
+        # Per-code work is done once per distinct code; ``start`` repeats it over the trials.
+        self.bias = torch.stack(biases)                    # (M, rows, 4H + A+1)
+        self.gates = torch.baddbmm(self.bias, torch.stack(hs), self.weight)[:, :, :4 * hidden]   # (M, rows, 4H)
+        self.c = torch.stack(cs)                           # (M, rows, H)
+        self.rows = len(codes[0])
         self.hidden = hidden
         self.n_actions = n_actions
 
-    def step(self, prev: torch.Tensor) -> torch.Tensor:
-        logp, self.gates, self.c = lstm_stack_step(self.gates, self.token_rows.index_select(1, prev),
-                                                   self.c, self.weight, self.bias)
-        return logp
+    def start(self, trials: int = 1) -> List[torch.Tensor]:
+        """The state for ``rows * trials`` plans: [gates, c, weight, bias, token_rows]."""
+        return [self.gates.repeat_interleave(trials, 1), self.c.repeat_interleave(trials, 1),
+                self.weight, self.bias.repeat_interleave(trials, 1), self.token_rows]
+
+    @staticmethod
+    def advance(state: List[torch.Tensor], prev: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """One token for every plan: (log-probabilities (M, R, A+1), the next state)."""
+        gates, c, weight, bias, token_rows = state[0], state[1], state[2], state[3], state[4]
+        logp, gates, c = lstm_stack_step(gates, token_rows.index_select(1, prev), c, weight, bias)
+        return logp, [gates, c, weight, bias, token_rows]

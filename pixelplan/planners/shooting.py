@@ -34,23 +34,27 @@ Choices where the paper is silent (documented in docs/glamor.md):
 * Sampling uses the Gumbel-max trick with noise drawn from a caller-supplied generator,
   so plans are reproducible under a fixed seed.
 
-This module knows nothing of environments or encoders: it sees a token-stepping function.
+This module knows nothing of environments, encoders or LSTMs: it sees a ``Stepper`` (below),
+which ``nets.action_model.TokenStepper`` is, or a plain token-stepping function. There is one
+token loop (``_token_loop``). ``trials`` is a parameter: the caller gives one row per state
+and goal, and the planner asks the stepper for ``trials`` copies of each.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import operator
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Literal, Tuple
+from typing import Callable, List, Literal, Protocol, Tuple
 
 import torch
 
-from pixelplan.nets.action_model import TokenStepper, lstm_stack_step
-
 # step(prev_tokens (R,)) -> log-probabilities (M, R, A+1): M = 2 gives (idm, prior), M = 1 idm only.
 StepFn = Callable[[torch.Tensor], torch.Tensor]
+# advance(state, prev_tokens (R,)) -> (log-probabilities (M, R, A+1), next state).
+AdvanceFn = Callable[[List[torch.Tensor], torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]
 
 Proposal = Literal["guided", "sparse"]
 Termination = Literal["early", "plan_end"]
@@ -64,6 +68,28 @@ _DONE_CHECK_EVERY = 4
 _DEMOTE = 1e5
 
 
+class Stepper(Protocol):
+    """What the planner needs of a model of action sequences, one token at a time.
+
+    ``rows`` is the number of distinct rows (one per state and goal). ``start(trials)``
+    returns the initial state (a list of tensors) for ``rows * trials`` plans, row r's
+    trials consecutive. ``advance(state, prev)`` takes every plan's previous token (R,)
+    long, ``n_actions`` at the start of a plan, and returns the log-probabilities
+    (M, R, A+1) over the actions and END, M = 2 for (idm, prior) or 1 for the idm alone,
+    with the next state. If ``scriptable`` is true, ``advance`` is a function TorchScript
+    compiles (e.g. a static method over tensors only) and the planner compiles its token
+    loop around it; otherwise the loop runs eagerly.
+    """
+
+    rows: int
+    scriptable: bool
+
+    def start(self, trials: int) -> List[torch.Tensor]: ...
+
+    def advance(self, state: List[torch.Tensor], prev: torch.Tensor
+                ) -> Tuple[torch.Tensor, List[torch.Tensor]]: ...
+
+
 @dataclass
 class Plans:
     """Sampled plans for R rows. ``actions`` is padded with -1 after each plan's end."""
@@ -72,15 +98,54 @@ class Plans:
     scores: torch.Tensor    # (R,) float
 
 
-def sample_plans(step: StepFn | TokenStepper, n_actions: int, max_len: torch.Tensor, *,
+class _FunctionStepper:
+    """A plain ``step(prev)`` as a ``Stepper`` of one trial per row: it steps the rows it is
+    given, so it cannot repeat them for more trials."""
+    scriptable = False
+
+    def __init__(self, step: StepFn, rows: int):
+        self.step, self.rows = step, rows
+
+    def start(self, trials: int) -> List[torch.Tensor]:
+        if trials != 1:
+            raise ValueError(f"trials={trials} needs a Stepper (start(trials), advance(state, prev)): "
+                             "a plain step function steps exactly the rows it is given, one trial each")
+        return []
+
+    def advance(self, state: List[torch.Tensor], prev: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        return self.step(prev), state
+
+
+def _trials(trials) -> int:
+    try:
+        trials = operator.index(trials)
+    except TypeError:
+        raise ValueError(f"trials must be an integer, got {trials!r}") from None
+    if trials < 1:
+        raise ValueError(f"trials must be >= 1, got {trials}")
+    return trials
+
+
+def sample_plans(step: Stepper | StepFn, n_actions: int, max_len: torch.Tensor, *, trials: int = 1,
                  use_prior: bool = True, clip_logp: float | None = -3.15, gamma: float = 0.99,
                  proposal: Proposal = "guided", termination: Termination = "early",
                  generator: torch.Generator | None = None) -> Plans:
-    """Sample one plan per row. ``max_len`` (R,) is each row's maximum number of actions.
+    """Sample ``trials`` plans for each row; ``max_len`` (n,) is each row's maximum number
+    of actions. Returns n * trials plans, row r's trials consecutive (rows r * trials to
+    (r + 1) * trials - 1), as ``best_of(plans, n)`` expects.
 
-    ``step`` is any token-stepping function; a ``TokenStepper`` takes the fast path, a
-    TorchScript loop over its LSTM tensors (the same rules; a test checks both paths agree).
+    ``step`` is a ``Stepper`` with ``rows == n`` (a scriptable one gets the token loop
+    compiled by TorchScript), or a plain function ``step(prev (n,)) -> (M, n, A+1)`` over
+    the n rows, which allows ``trials=1`` only.
     """
+    trials = _trials(trials)
+    n = max_len.shape[0]
+    stepper = step if hasattr(step, "advance") else _FunctionStepper(step, n)
+    if stepper.rows != n:
+        raise ValueError(f"the stepper has {stepper.rows} rows but max_len has {n}: give one max_len per "
+                         f"state, not per trial (the planner repeats each row for trials={trials} itself)")
+    state = stepper.start(trials)
+    max_len = max_len.repeat_interleave(trials)
     rows = max_len.shape[0]
     device = max_len.device
     end = n_actions
@@ -106,14 +171,16 @@ def sample_plans(step: StepFn | TokenStepper, n_actions: int, max_len: torch.Ten
     threshold = torch.full((n_actions + 1,), float(clip_logp) if clip else -math.inf, device=device)
     threshold[end] = -math.inf
     demoted = block - _DEMOTE
-    if isinstance(step, TokenStepper):
-        tokens, z, last = _lstm_sampling_loop()(
-            step.gates, step.c, step.weight, step.bias, step.token_rows, noise_blocked, demoted,
-            threshold, use_prior, guided, clip, end, _DONE_CHECK_EVERY)
-    else:
-        tokens, z, last = _sampling_loop(step, noise_blocked, demoted, threshold, use_prior, guided,
-                                         clip, end)
+    loop = _scripted_token_loop(stepper.advance) if stepper.scriptable else _token_loop(stepper.advance)
+    tokens, z, last = loop(state, noise_blocked, demoted, threshold, use_prior, guided, clip, end,
+                           _DONE_CHECK_EVERY)
     return _assemble(tokens[:last + 1], z[:last + 1], end, horizon, gamma)
+
+
+def shoot(step: Stepper | StepFn, n_actions: int, max_len: torch.Tensor, *, trials: int, **options) -> Plans:
+    """Random shooting: the best of ``trials`` sampled plans for each row of ``max_len`` (n,).
+    ``options`` are those of ``sample_plans``."""
+    return best_of(sample_plans(step, n_actions, max_len, trials=trials, **options), max_len.shape[0])
 
 
 def _choose_token(z: torch.Tensor, logp_idm: torch.Tensor, noise_blocked: torch.Tensor,
@@ -131,8 +198,8 @@ def _choose_token(z: torch.Tensor, logp_idm: torch.Tensor, noise_blocked: torch.
 def _take_position(i: int, logp: torch.Tensor, tokens: torch.Tensor, zs: torch.Tensor,
                    noise_blocked: torch.Tensor, demoted: torch.Tensor, threshold: torch.Tensor,
                    use_prior: bool, guided: bool, clip: bool) -> torch.Tensor:
-    """Position i of both loops: choose each row's token from logp (M, R, A+1), record the
-    token and z, return the tokens."""
+    """Position i of the token loop: choose each row's token from logp (M, R, A+1), record
+    the token and z, return the tokens."""
     z = logp[0] - logp[1] if use_prior else logp[0]
     token = _choose_token(z, logp[0], noise_blocked[i], demoted[i], threshold, guided, clip)
     tokens[i] = token
@@ -144,55 +211,46 @@ def _all_ended(tokens: torch.Tensor, upto: int, end: int) -> bool:
     return bool((tokens[:upto] == end).any(0).all())
 
 
-def _sampling_loop(step: StepFn, noise_blocked: torch.Tensor, demoted: torch.Tensor,
-                   threshold: torch.Tensor, use_prior: bool, guided: bool, clip: bool,
-                   end: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
-    """Token by token with any step function: (tokens (P, R), z (P, R, A+1), last position)."""
-    positions, rows, vocab = noise_blocked.shape
-    tokens = torch.empty(positions, rows, dtype=torch.long, device=noise_blocked.device)
-    zs = torch.empty(positions, rows, vocab, device=noise_blocked.device)
-    prev = torch.full((rows,), end, dtype=torch.long, device=noise_blocked.device)   # plan start
-    for i in range(positions):
-        prev = _take_position(i, step(prev), tokens, zs, noise_blocked, demoted, threshold,
-                              use_prior, guided, clip)
-        if (i + 1) % _DONE_CHECK_EVERY == 0 and _all_ended(tokens, i + 1, end):
-            return tokens, zs, i
-    return tokens, zs, positions - 1
+def _token_loop(advance: AdvanceFn):
+    """The planner's token loop, bound to a stepper's ``advance``. It returns
+    loop(state, noise_blocked, ...) -> (tokens (P, R), z (P, R, A+1), last position).
 
+    A closure rather than a function of ``advance``: TorchScript cannot take a function as
+    an argument, but it compiles one the loop closes over (``_scripted_token_loop``), so
+    the same loop runs compiled for a scriptable stepper and eagerly for any other."""
 
-def _lstm_sampling_loop_eager(gates: torch.Tensor, c: torch.Tensor, weight: torch.Tensor,
-                              bias: torch.Tensor, token_rows: torch.Tensor,
-                              noise_blocked: torch.Tensor, demoted: torch.Tensor,
-                              threshold: torch.Tensor, use_prior: bool, guided: bool, clip: bool,
-                              end: int, check_every: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
-    """``_sampling_loop`` with a ``TokenStepper``'s step written inline, for TorchScript
-    (which cannot take a step function as an argument)."""
-    positions, rows, vocab = noise_blocked.shape
-    tokens = torch.empty(positions, rows, dtype=torch.long, device=noise_blocked.device)
-    zs = torch.empty(positions, rows, vocab, device=noise_blocked.device)
-    prev = torch.full((rows,), end, dtype=torch.long, device=noise_blocked.device)
-    for i in range(positions):
-        logp, gates, c = lstm_stack_step(gates, token_rows.index_select(1, prev), c, weight, bias)
-        prev = _take_position(i, logp, tokens, zs, noise_blocked, demoted, threshold,
-                              use_prior, guided, clip)
-        if (i + 1) % check_every == 0 and _all_ended(tokens, i + 1, end):
-            return tokens, zs, i
-    return tokens, zs, positions - 1
+    def loop(state: List[torch.Tensor], noise_blocked: torch.Tensor, demoted: torch.Tensor,
+             threshold: torch.Tensor, use_prior: bool, guided: bool, clip: bool, end: int,
+             check_every: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
+        positions, rows, vocab = noise_blocked.shape
+        tokens = torch.empty(positions, rows, dtype=torch.long, device=noise_blocked.device)
+        zs = torch.empty(positions, rows, vocab, device=noise_blocked.device)
+        prev = torch.full((rows,), end, dtype=torch.long, device=noise_blocked.device)   # plan start
+        for i in range(positions):
+            logp, state = advance(state, prev)
+            prev = _take_position(i, logp, tokens, zs, noise_blocked, demoted, threshold,
+                                  use_prior, guided, clip)
+            if (i + 1) % check_every == 0 and _all_ended(tokens, i + 1, end):
+                return tokens, zs, i
+        return tokens, zs, positions - 1
+
+    return loop
 
 
 @functools.cache
-def _lstm_sampling_loop():
-    """The LSTM loop compiled by TorchScript (about a third faster on the CPU: the cost is
-    per-op overhead); the eager function where TorchScript is unavailable."""
+def _scripted_token_loop(advance: AdvanceFn):
+    """The token loop compiled by TorchScript around a scriptable ``advance``, once per
+    ``advance`` (about a third faster on the CPU for the LSTM stepper: the cost is per-op
+    overhead); the eager loop where TorchScript fails."""
     try:
         with warnings.catch_warnings():
             # Deprecated in favour of torch.compile, which was no faster for this loop here
             # and takes ~20 s to compile cold; the eager fallback keeps working either way.
             warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.jit.script(_lstm_sampling_loop_eager)
+            return torch.jit.script(_token_loop(advance))
     except Exception as err:  # TorchScript is in maintenance; never let it break planning
         warnings.warn(f"TorchScript could not compile the planner loop ({err}); planning runs eagerly")
-        return _lstm_sampling_loop_eager
+        return _token_loop(advance)
 
 
 def _assemble(tokens: torch.Tensor, zs: torch.Tensor, end: int, horizon: int, gamma: float) -> Plans:

@@ -12,13 +12,16 @@ replay: the data is the file, referenced by path and content hash in the config.
 run whose dataset no longer has that hash is refused.
 
 The whole dataset is read into the episode store (each frame once) at the start, one
-episode at a time; the agent trains from the store through its own sampler (hindsight for
-GLAMOR, GCSL and DISCERN), exactly as online.
+episode at a time, when it fits in memory; a dataset that does not is served from the file
+by the disk store (pixelplan/data/disk_store.py), which draws exactly the same samples, only
+slower (``dataset_memory``: auto, ram or disk). The agent trains from the store through its
+own sampler (hindsight for GLAMOR, GCSL and DISCERN), exactly as online.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,8 @@ import torch
 from pixelplan import config as config_lib
 from pixelplan.config import Config
 from pixelplan.data.dataset import DatasetError, read_episodes, verify
-from pixelplan.data.replay import ReplayBuffer, check_replay_fits
+from pixelplan.data.disk_store import DiskEpisodeStore
+from pixelplan.data.replay import ReplayBuffer, ReplayTooLarge, check_replay_fits
 from pixelplan.envs.vector import EnvPool
 from pixelplan.runs.checkpoints import CHECKPOINT, LoopState, check_resumable, checkpoint_now, open_run
 from pixelplan.runs.common import check_out_dir, env_workers, prepare, write_summary
@@ -67,20 +71,54 @@ def train_offline(cfg: Config) -> dict:
     if not agent.learns:
         raise ValueError(f"agent {cfg.agent} does not learn: offline training needs glamor, gcsl or discern")
     frames = int(attrs["frames"])           # verified against the content by dataset_config
-    check_replay_fits(frames, spec.frame_shape)
+    where = store_location(cfg.dataset_memory, frames, spec.frame_shape, action_shape=spec.action_shape)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         remove_stale_temporaries(out)
-        return _offline_locked(cfg, out, started, factory, probe, spec, agent, frames)
+        return _offline_locked(cfg, out, started, factory, probe, spec, agent, frames, where)
 
 
-def _offline_locked(cfg, out, started, factory, probe, spec, agent, frames) -> dict:
-    store = ReplayBuffer(frames, spec.frame_shape, spec.frame_stack)
+def store_location(memory: str, frames: int, frame_shape, available: int | None = None,
+                   action_shape: tuple[int, ...] = ()) -> str:
+    """Where ``dataset_memory`` (auto, ram, disk) puts a dataset of ``frames`` frames: "ram" or
+    "disk". "ram" that does not fit is refused (ReplayTooLarge, with the size needed)."""
+    if memory == "disk":
+        return "disk"
+    try:
+        check_replay_fits(frames, frame_shape, available, action_shape=action_shape)
+    except ReplayTooLarge:
+        if memory == "ram":
+            raise
+        need = ReplayBuffer.bytes_needed(frames, frame_shape, action_shape) / 2**30
+        warnings.warn(f"the dataset's {frames:,} frames need {need:.1f} GiB in memory, more than this machine can "
+                      f"spare: reading them from the file as batches need them (slower, the same samples)",
+                      stacklevel=2)
+        return "disk"
+    return "ram"
+
+
+def open_store(cfg: Config, spec, frames: int, where: str) -> ReplayBuffer | DiskEpisodeStore:
+    """The episode store of the dataset: all of it read into a ReplayBuffer ("ram"), or a
+    DiskEpisodeStore on the file ("disk"); the two draw the same samples for a seed."""
+    if where == "disk":
+        store = DiskEpisodeStore(cfg.dataset, spec.frame_stack)
+        if tuple(store.frame_shape) != tuple(spec.frame_shape):
+            store.close()
+            raise DatasetError(f"{cfg.dataset} holds frames of shape {store.frame_shape}, but its env gives "
+                               f"{spec.frame_shape}: collect it again with this pixelplan")
+        return store
+    store = ReplayBuffer(frames, spec.frame_shape, spec.frame_stack, action_shape=spec.action_shape,
+                         action_dtype=spec.action_dtype)
     for ep in read_episodes(cfg.dataset):
         if tuple(ep.frames.shape[1:]) != tuple(spec.frame_shape):
             raise DatasetError(f"{cfg.dataset} holds frames of shape {ep.frames.shape[1:]}, but its env gives "
                                f"{spec.frame_shape}: collect it again with this pixelplan")
         store.add_episode(ep.frames, ep.actions, ep.rewards)
+    return store
+
+
+def _offline_locked(cfg, out, started, factory, probe, spec, agent, frames, where) -> dict:
+    store = open_store(cfg, spec, frames, where)
     rng = np.random.default_rng([cfg.seed, 2])
     fresh = LoopState(next_eval=cfg.eval_every_updates, next_checkpoint=cfg.checkpoint_every_updates,
                       next_log=cfg.log_every_updates)
@@ -124,7 +162,9 @@ def _offline_locked(cfg, out, started, factory, probe, spec, agent, frames) -> d
         log.close()
         if eval_pool is not None:
             eval_pool.close()
+        if isinstance(store, DiskEpisodeStore):
+            store.close()
     summary = write_summary(out, cfg, agent, last_eval, wall(), dataset=cfg.dataset, dataset_hash=cfg.dataset_hash,
-                            dataset_frames=store.num_frames, env_steps=0, updates=state.updates)
+                            dataset_frames=store.num_frames, dataset_store=where, env_steps=0, updates=state.updates)
     return summary
 

@@ -1,5 +1,5 @@
 """Figures: a run's learning curve and goal-versus-achieved image strip, and the
-across-runs success curves of ``pixelplan table``."""
+across-runs evaluation curves of ``pixelplan table``."""
 
 from __future__ import annotations
 
@@ -15,20 +15,54 @@ def _pyplot():
     return plt
 
 
-def learning_curve(records: list[dict], path: Path, title: str = "") -> None:
-    """Evaluation success (and optimal) rate against env steps."""
-    evals = [r for r in records if r["kind"] == "eval"]
+def is_rate(metric: str) -> bool:
+    """A rate (``success_rate``, ``optimal_rate``, ...) lies in [0, 1]; other metrics need not."""
+    return metric.endswith("_rate")
+
+
+def metric_label(metric: str) -> str:
+    """A metric's name for an axis or legend: ``mean_return`` -> ``mean return``."""
+    return metric.replace("_", " ")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def learning_curve(records: list[dict], path: Path, title: str = "", metric: str | None = None) -> None:
+    """An evaluation metric against env steps, from ``metrics.jsonl`` records.
+
+    ``metric`` None: the success rate (and the optimal rate, where every evaluation has it)
+    when the evaluations report one (goal tasks), else the mean return (reward tasks); no
+    figure when they report neither, or when there was no evaluation. A named ``metric``
+    that no evaluation reports is a ``ValueError``. The y axis is [0, 1] for rates only.
+    """
+    evals = [r for r in records if r.get("kind") == "eval"]
     if not evals:
         return
+    if metric is None:
+        metric = next((m for m in ("success_rate", "mean_return") if any(_number(r.get(m)) for r in evals)), None)
+        if metric is None:
+            return
+        shown = [metric]
+        if metric == "success_rate" and all(_number(r.get("optimal_rate")) for r in evals):
+            shown.append("optimal_rate")
+    else:
+        if not any(_number(r.get(metric)) for r in evals):
+            raise ValueError(f"no evaluation record has {metric!r}; cannot plot it")
+        shown = [metric]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    steps = [r["step"] for r in evals]
-    ax.plot(steps, [r["success_rate"] for r in evals], marker="o", label="success rate")
-    if all("optimal_rate" in r for r in evals):
-        ax.plot(steps, [r["optimal_rate"] for r in evals], marker="s", label="optimal rate")
+    for name, marker in zip(shown, "os"):
+        points = [(r["step"], r[name]) for r in evals if _number(r.get(name))]
+        ax.plot(*zip(*points), marker=marker, label=metric_label(name))
     ax.set_xlabel("env steps")
-    ax.set_ylabel("fraction of evaluation goals")
-    ax.set_ylim(-0.02, 1.02)
+    if all(name in ("success_rate", "optimal_rate") for name in shown):
+        ax.set_ylabel("fraction of evaluation goals")
+    else:
+        ax.set_ylabel(f"eval {metric_label(metric)}")
+    if all(is_rate(name) for name in shown):
+        ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title(title)
@@ -37,14 +71,16 @@ def learning_curve(records: list[dict], path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def success_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path,
-                   title: str = "", labels: list[str] | None = None) -> None:
-    """Evaluation success rate against env steps, one line per label, in the order given.
+def eval_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path,
+                title: str = "", labels: list[str] | None = None, metric: str = "success_rate") -> None:
+    """An evaluation metric against env steps, one line per label, in the order given.
 
     ``curves`` maps a label (an agent) to ``(steps, mean, std)``; the band is mean +- std,
-    clipped to [0, 1]. ``labels``, when given, fixes each label's colour by its position in
-    it, so one agent keeps its colour across figures that miss some agents.
+    clipped to [0, 1] for a rate (and the y axis is [0, 1]). ``labels``, when given, fixes
+    each label's colour by its position in it, so one agent keeps its colour across figures
+    that miss some agents.
     """
+    rate = is_rate(metric)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -53,12 +89,15 @@ def success_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
         i = labels.index(label) if label in labels else len(labels) + list(curves).index(label)
         colour = colours[i % len(colours)]
         steps, mean, std = (np.asarray(a, dtype=float) for a in (steps, mean, std))
+        low, high = mean - std, mean + std
+        if rate:
+            low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
         ax.plot(steps, mean, marker="o", markersize=3, color=colour, label=label)
-        ax.fill_between(steps, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color=colour,
-                        alpha=0.2, linewidth=0)
+        ax.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
     ax.set_xlabel("env steps")
-    ax.set_ylabel("eval success rate")
-    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel(f"eval {metric_label(metric)}")
+    if rate:
+        ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(loc="best")
