@@ -101,13 +101,13 @@ class EnvSpec:
         if not self.discrete:
             raise ValueError(f"{who} needs a Discrete action space, but this env's actions are "
                              f"{self.describe_actions()}; use a discrete version of the env (DM Control: "
-                             "--env-options actions=discrete)")
+                             "--env-options actions discrete)")
         return self.n_actions
 
     def require_goals(self, who: str) -> None:
         if not self.has_goals:
             raise ValueError(f"{who} is goal-conditioned, but this env is a reward task with no goals; use a goal "
-                             "task (DM Control: --env-options task=goal), or an agent for reward tasks")
+                             "task (DM Control: --env-options task goal), or an agent for reward tasks")
 
     # ------------------------------------------------------------------ (de)serialising
     def to_dict(self) -> dict[str, Any]:
