@@ -138,11 +138,12 @@ def training_loop_steps_per_s(device: str, steps: int) -> dict:
 
 
 def env_steps_per_s(suite: str, names: list[str], vector_steps: int, goal_options: dict) -> dict:
-    """Agent steps/s of 8 envs of ``suite:<name>`` (frame stack 4), pooled and in-process."""
+    """Agent steps/s of 8 envs of ``suite:<name>``, pooled and in-process, single frames as the
+    drivers step them (they stack frames themselves)."""
     from pixelplan.envs.vector import EnvFactory, EnvPool, default_workers
     out: dict = {}
     for name in names:
-        factory = EnvFactory(f"{suite}:{name}", goal_options, frame_stack=4)
+        factory = EnvFactory(f"{suite}:{name}", goal_options, frame_stack=1)
         factory()  # builds (or loads) the goal sets before timing
         row = {}
         for label, workers in (("pool", default_workers(8)), ("in_process", 0)):

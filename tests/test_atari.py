@@ -103,7 +103,7 @@ def test_goal_sets_and_a_tiny_evaluation(game, cache):
         assert g.frame.shape == (104, 80) and g.frame.std() > 0
 
     agent = RandomAgent(None, ObsSpec((104, 80), 2, env.action_space.n, SMALL["max_episode_steps"]), "cpu", 0)
-    result = evaluate(agent, EnvFactory(f"atari:{game}", dict(cache_dir=cache, **SMALL), frame_stack=2),
+    result = evaluate(agent, EnvFactory(f"atari:{game}", dict(cache_dir=cache, **SMALL)),
                       env.evaluation_goals())
     assert result.success.shape == (3,) and result.final_frames.shape == (3, 104, 80)
     assert np.all((1 <= result.steps) & (result.steps <= SMALL["max_episode_steps"]))

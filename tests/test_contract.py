@@ -172,8 +172,8 @@ def test_reported_returns_are_the_sums_of_the_rewards_the_env_paid():
     made = []
 
     def factory():
-        env = FrameStack(point_env.make_reward_env(max_episode_steps=6), 1)
-        made.append(env.unwrapped.env)          # the inner Point env, which logs what it paid
+        env = point_env.make_reward_env(max_episode_steps=6)     # single frames: evaluate stacks them
+        made.append(env.env)                    # the inner Point env, which logs what it paid
         return env
 
     spec = spec_of(factory())
@@ -247,3 +247,61 @@ def test_the_drivers_call_the_episode_hooks_with_row_ids_and_the_episodes_final_
 def test_decision_go_never_stops():
     d = Decision.go(np.array([1, 2, 3]))
     assert d.stop.tolist() == [False] * 3 and d.actions.tolist() == [1, 2, 3]
+
+
+def test_collect_writes_box_action_episodes_that_re_simulate_exactly(tmp_path):
+    from pixelplan.data.dataset import read_attrs, read_episodes, verify
+    from pixelplan.runs.collect import collect, episode_rng, random_action
+
+    out = tmp_path / "point.h5"
+    attrs = collect(REWARD_ENV, 5, out, n_envs=2, shard_episodes=2, progress=False, seed=4)
+    assert verify(out)["content_hash"] == attrs["content_hash"] == read_attrs(out)["content_hash"]
+    episodes = list(read_episodes(out))
+    assert len(episodes) == 5
+    spec = spec_of(point_env.make_reward_env())
+    for index, ep in enumerate(episodes):
+        assert ep.actions.dtype == np.float32 and ep.actions.shape == (8, 2)
+        # The episode's own stream gives its reset seed, then its actions, uniform in the Box...
+        rng = episode_rng(4, index)
+        reset_seed = int(rng.integers(2**31))
+        expected = np.stack([random_action(spec, rng) for _ in range(8)])
+        assert np.array_equal(ep.actions, expected) and (np.abs(expected) <= 1).all()
+        # ... and the env, driven again with them, gives the same frames and rewards.
+        env = point_env.make_reward_env()
+        frame, _ = env.reset(seed=reset_seed)
+        frames, rewards = [frame], []
+        for action in ep.actions:
+            frame, reward, *_ = env.step(action)
+            frames.append(frame)
+            rewards.append(reward)
+        assert np.array_equal(np.stack(frames), ep.frames)
+        assert np.array_equal(ep.rewards, np.float32(rewards)) and (ep.rewards < 0).all()
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_row_stacks_follow_the_one_stacking_rule_row_by_row(k):
+    from pixelplan.envs.wrappers import RowStacks, stack_from_history
+
+    rng = np.random.default_rng(k)
+    n, shape = 3, (2, 3)
+    stacks = RowStacks(n, k, shape)
+    history: dict[int, list] = {}
+    for _ in range(40):
+        rows = np.flatnonzero(rng.random(n) < 0.6)
+        if not len(rows):
+            continue
+        frames = rng.integers(0, 256, size=(len(rows), *shape), dtype=np.uint8)
+        if rng.random() < 0.2 or not history:
+            stacks.start(rows, frames)
+            for r, f in zip(rows, frames):
+                history[int(r)] = [f]
+        else:
+            rows = np.array([r for r in rows if int(r) in history], dtype=np.int64)
+            frames = frames[: len(rows)]
+            stacks.push(rows, frames)
+            for r, f in zip(rows, frames):
+                history[int(r)].append(f)
+        for r, frames_so_far in history.items():
+            assert np.array_equal(stacks.array[r], stack_from_history(frames_so_far, k)[-1])
+    with pytest.raises(ValueError, match="single frames"):
+        stacks.push([0], np.zeros((1, k, *shape), np.uint8))

@@ -49,12 +49,12 @@ def _env_episodes(seed: int, n: int) -> list[Episode]:
     for i in range(n):
         rng = episode_rng(seed, i)
         obs, info = env.reset(seed=int(rng.integers(2**31)))
-        frames, feats, actions, rewards = [obs[-1].copy()], [info["features"]], [], []
+        frames, feats, actions, rewards = [obs.copy()], [info["features"]], [], []
         done = False
         while not done:
             a = int(rng.integers(env.action_space.n))
             obs, r, term, trunc, info = env.step(a)
-            frames.append(obs[-1].copy()); feats.append(info["features"]); actions.append(a); rewards.append(r)
+            frames.append(obs.copy()); feats.append(info["features"]); actions.append(a); rewards.append(r)
             done = term or trunc
         out.append(Episode(frames=np.stack(frames), actions=np.array(actions), rewards=np.array(rewards),
                            features=np.stack(feats)))

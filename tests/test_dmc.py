@@ -59,7 +59,7 @@ def test_paper_task_end_to_end(task, cache):
 
     # a tiny evaluation run: the random agent against the evaluation goals, in this process
     agent = RandomAgent(None, ObsSpec((80, 104), 2, env.action_space.n, SMALL["max_episode_steps"]), "cpu", 0)
-    factory = EnvFactory(f"dmc:{task}", dict(cache_dir=cache, **SMALL), frame_stack=2)
+    factory = EnvFactory(f"dmc:{task}", dict(cache_dir=cache, **SMALL))   # single frames: evaluate stacks them
     result = evaluate(agent, factory, env.evaluation_goals())
     assert result.success.shape == (3,) and np.all(result.steps == SMALL["max_episode_steps"])
     assert result.final_frames.shape == (3, 80, 104)

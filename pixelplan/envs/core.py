@@ -660,11 +660,13 @@ class GymGoalEnv(GoalEnv):
         self.env.close()
 
 
-def spec_of(env: gym.Env) -> EnvSpec:
-    """The :class:`EnvSpec` of a goal env, or of a frame stack of one (``env.k`` frames)."""
+def spec_of(env: gym.Env, frame_stack: int | None = None) -> EnvSpec:
+    """The :class:`EnvSpec` of an env whose agent stacks ``frame_stack`` frames (default: the
+    env's own ``k`` when it is a :class:`~pixelplan.envs.wrappers.FrameStack`, else 1)."""
     base = env.unwrapped
     space = env.action_space
-    common = dict(frame_shape=tuple(base.observation_space.shape), frame_stack=int(getattr(env, "k", 1)),
+    stack = int(getattr(env, "k", 1)) if frame_stack is None else int(frame_stack)
+    common = dict(frame_shape=tuple(base.observation_space.shape), frame_stack=stack,
                   max_episode_steps=int(base.max_episode_steps), has_reward=bool(getattr(base, "has_reward", False)),
                   has_goals=bool(getattr(base, "has_goals", True)))
     if isinstance(space, gym.spaces.Discrete):

@@ -51,7 +51,7 @@ class EnvWorkerWarning(UserWarning):
 @dataclass(frozen=True)
 class EnvFactory:
     """A picklable recipe for one env: ``make(name, **options)``, wrapped in a frame stack of
-    ``frame_stack`` frames."""
+    ``frame_stack`` frames when that is more than 1."""
 
     name: str
     options: dict = field(default_factory=dict)
@@ -60,7 +60,8 @@ class EnvFactory:
     def __call__(self):
         from . import make
         env = make(self.name, **self.options)
-        return FrameStack(env, self.frame_stack)
+        # frame_stack = 1 (what the drivers use): the env itself, single frames as it makes them.
+        return env if self.frame_stack == 1 else FrameStack(env, self.frame_stack)
 
     def __reduce__(self):
         # Pickled (to start a worker) with the factory of a name the program registered

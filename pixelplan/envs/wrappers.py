@@ -1,8 +1,15 @@
-"""Observation wrappers for goal environments.
+"""Frame stacking: the one rule, and the two places that apply it to live episodes.
 
-Frame-stacking rule (shared with the replay buffer): the stack at time t holds
-frames ``t-k+1 .. t``, oldest first; frames before the start of the episode
-are copies of the episode's first frame.
+Frame-stacking rule (shared with the episode store, which rebuilds stacks from single
+frames): the stack at time t holds frames ``t-k+1 .. t``, oldest first; frames before the
+start of the episode are copies of the episode's first frame. :func:`stack_from_history` is
+that rule written out, the reference the others are tested against.
+
+* :class:`RowStacks` is what the drivers use: envs (and env worker processes) hand out single
+  frames, and the driver stacks them for the agent, one row per env, so a frame crosses a
+  pipe once and nothing is unstacked again.
+* :class:`FrameStack` is a Gymnasium wrapper with the same rule, for users who want a stacked
+  env of their own (the drivers do not use it).
 """
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ import numpy as np
 
 from .core import Goal, GoalSpec
 
-__all__ = ["FrameStack", "stack_from_history"]
+__all__ = ["FrameStack", "RowStacks", "stack_from_history"]
 
 
 def stack_from_history(frames: Sequence[np.ndarray] | np.ndarray, k: int) -> np.ndarray:
@@ -32,6 +39,46 @@ def stack_from_history(frames: Sequence[np.ndarray] | np.ndarray, k: int) -> np.
     n = frames.shape[0]
     idx = np.arange(n)[:, None] - (k - 1) + np.arange(k)[None, :]
     return frames[np.maximum(idx, 0)]
+
+
+class RowStacks:
+    """The frame stacks of ``n`` live episodes, one row per env: ``array`` is uint8
+    ``(n, k, *frame_shape)``, oldest frame first.
+
+    ``start(rows, frames)`` begins those rows' episodes (k copies of the first frame);
+    ``push(rows, frames)`` appends each row's new frame, dropping its oldest. ``array`` is
+    updated in place; ``latest()`` is a copy of every row's newest frame.
+    """
+
+    def __init__(self, n: int, k: int, frame_shape: Sequence[int]):
+        if k < 1:
+            raise ValueError(f"a frame stack needs k >= 1 frames, got {k}")
+        self.k = int(k)
+        self.frame_shape = tuple(int(d) for d in frame_shape)
+        self.array = np.zeros((int(n), self.k, *self.frame_shape), np.uint8)
+
+    def _frames(self, rows, frames) -> tuple[np.ndarray, np.ndarray]:
+        rows, frames = np.asarray(rows, dtype=np.int64).reshape(-1), np.asarray(frames)
+        if frames.shape != (len(rows), *self.frame_shape) or frames.dtype != np.uint8:
+            raise ValueError(f"expected one uint8 frame of shape {self.frame_shape} per row ({len(rows)} rows), got "
+                             f"{frames.dtype} {frames.shape}: envs hand the drivers single frames (build them "
+                             "without FrameStack, e.g. EnvFactory(name, options, frame_stack=1))")
+        return rows, frames
+
+    def start(self, rows, frames) -> np.ndarray:
+        rows, frames = self._frames(rows, frames)
+        self.array[rows] = frames[:, None]
+        return self.array
+
+    def push(self, rows, frames) -> np.ndarray:
+        rows, frames = self._frames(rows, frames)
+        if self.k > 1:
+            self.array[rows, :-1] = self.array[rows, 1:]
+        self.array[rows, -1] = frames
+        return self.array
+
+    def latest(self) -> np.ndarray:
+        return self.array[:, -1].copy()
 
 
 class FrameStack(gym.Wrapper):

@@ -14,7 +14,8 @@ same file, byte for byte in its arrays and content hash, as one that was never i
 whatever the pool size.
 
 Only ``--agent random`` (uniform actions, MBOLD's and the GLAMOR paper's random datasets) is
-supported: collecting with a trained agent is a separate feature.
+supported: collecting with a trained agent is a separate feature. Uniform means over
+``0..n-1`` for ``Discrete`` actions, and within the bounds, entry by entry, for a ``Box``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ import numpy as np
 
 from pixelplan import __version__
 from pixelplan.data.dataset import DatasetError, Episode, read_attrs, read_episodes, write_episodes
+from pixelplan.envs.core import spec_of
 from pixelplan.envs.vector import EnvFactory, EnvPool
+from pixelplan.spec import EnvSpec
 from pixelplan.runs.rundir import TMP_PREFIX, RunLock, remove_stale_temporaries, write_atomically, write_text_atomically
 
 AGENTS = ("random",)
@@ -60,11 +63,8 @@ def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "ra
         raise DatasetError(f"--out {out} is a directory; give a file name, e.g. {out / (env.replace(':', '-') + '.h5')}")
     factory = EnvFactory(env, parse_env_options(env_options), 1)
     probe = factory()
-    n_actions = getattr(probe.action_space, "n", None)
+    spec = spec_of(probe)
     probe.close()
-    if n_actions is None:
-        raise DatasetError(f"{env} has action space {probe.action_space}; collect supports Discrete actions "
-                           f"so far")
     parts.mkdir(parents=True, exist_ok=True)
     with RunLock(parts, command="pixelplan collect"):
         _check_parts(parts, settings)
@@ -81,7 +81,7 @@ def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "ra
                     continue
                 first = k * shard_episodes
                 ids = range(first, first + _shard_size(k, episodes, shard_episodes))
-                shard = _collect_episodes(pool, n_actions, seed, ids, bar)
+                shard = _collect_episodes(pool, spec, seed, ids, bar)
                 _write_dataset(_shard_path(parts, k), shard, {**settings, "shard": k})
         finally:
             pool.close()
@@ -101,7 +101,16 @@ def episode_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def _collect_episodes(pool: EnvPool, n_actions: int, seed: int, ids: range, bar) -> list[Episode]:
+def random_action(spec: EnvSpec, rng: np.random.Generator):
+    """One uniform random action: an int in ``0..n-1``, or a float32 array uniform within a Box's
+    bounds (one draw per entry)."""
+    if spec.discrete:
+        return int(rng.integers(spec.n_actions))
+    low, high = spec.action_bounds()
+    return (low + rng.random(spec.action_shape) * (high - low)).astype(np.float32)
+
+
+def _collect_episodes(pool: EnvPool, spec: EnvSpec, seed: int, ids: range, bar) -> list[Episode]:
     """Episodes ``ids``, up to ``len(pool)`` side by side; each is fixed by (seed, its index)."""
     out = []
     for start in range(0, len(ids), len(pool)):
@@ -109,16 +118,16 @@ def _collect_episodes(pool: EnvPool, n_actions: int, seed: int, ids: range, bar)
         rows = list(range(len(batch)))
         rngs = [episode_rng(seed, i) for i in batch]
         obs, infos = pool.reset(rows, [int(r.integers(2**31)) for r in rngs])
-        frames = [[obs[j, -1].copy()] for j in rows]
+        frames = [[obs[j].copy()] for j in rows]
         features = [[np.asarray(info.get("features"), dtype=np.float64)] for info in infos]
         actions, rewards = [[] for _ in rows], [[] for _ in rows]
         live = list(rows)
         while live:
-            acts = [int(rngs[j].integers(n_actions)) for j in live]
+            acts = [random_action(spec, rngs[j]) for j in live]
             new_obs, rew, terminated, truncated, step_infos = pool.step(live, acts)
             still = []
             for pos, j in enumerate(live):
-                frames[j].append(new_obs[pos, -1].copy())
+                frames[j].append(new_obs[pos].copy())
                 actions[j].append(acts[pos])
                 rewards[j].append(rew[pos])
                 features[j].append(np.asarray(step_infos[pos].get("features"), dtype=np.float64))
@@ -127,7 +136,8 @@ def _collect_episodes(pool: EnvPool, n_actions: int, seed: int, ids: range, bar)
             live = still
         for j in rows:
             has_features = all(f.ndim == 1 and f.size and f.dtype.kind == "f" for f in features[j])
-            out.append(Episode(frames=np.stack(frames[j]), actions=np.array(actions[j], dtype=np.int64),
+            acts = np.array(actions[j], dtype=spec.action_dtype).reshape(len(actions[j]), *spec.action_shape)
+            out.append(Episode(frames=np.stack(frames[j]), actions=acts,
                                rewards=np.array(rewards[j], dtype=np.float32),
                                features=np.stack(features[j]) if has_features else None))
         if bar is not None:

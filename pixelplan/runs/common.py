@@ -53,7 +53,9 @@ def parse_env_options(options: dict[str, str]) -> dict:
 
 
 def env_factory(cfg: Config) -> EnvFactory:
-    return EnvFactory(cfg.env, parse_env_options(cfg.env_options), cfg.frame_stack)
+    """The run's envs, each handing out single frames: the drivers stack them for the agent
+    (``envs.wrappers.RowStacks``), so a frame crosses a worker's pipe once."""
+    return EnvFactory(cfg.env, parse_env_options(cfg.env_options), 1)
 
 
 def env_workers(cfg: Config) -> int:
@@ -69,7 +71,7 @@ def prepare(cfg: Config):
         torch.set_num_threads(cfg.threads)
     factory = env_factory(cfg)
     probe = factory()
-    spec = spec_of(probe)
+    spec = spec_of(probe, frame_stack=cfg.frame_stack)
     device = resolve_device(cfg.device)
     agent = make_agent(cfg.agent, cfg, spec, device, cfg.seed)
     return factory, probe, spec, agent, device

@@ -22,6 +22,7 @@ import numpy as np
 
 from pixelplan.agents.base import Agent
 from pixelplan.envs.vector import EnvPool
+from pixelplan.envs.wrappers import RowStacks
 
 #: evaluation episodes of a reward task when the config does not say (goal tasks: one per goal)
 REWARD_EVAL_EPISODES = 10
@@ -56,7 +57,8 @@ def evaluate(agent: Agent, make_env: Callable[[], object], goals: list | None, e
     through ``goals``; on a reward task (``goals`` None) ``REWARD_EVAL_EPISODES`` by default.
 
     Up to ``batch`` episodes run side by side in an :class:`EnvPool` of ``make_env`` envs
-    (in this process), or in ``pool`` when given (its size is then the batch).
+    (in this process), or in ``pool`` when given (its size is then the batch). The envs hand
+    out single frames; the stacks of ``agent.spec.frame_stack`` frames are built here.
     """
     if goals is not None and not len(goals):
         raise ValueError("evaluation of a goal task needs at least one goal")
@@ -88,7 +90,9 @@ def _run_chunk(agent, pool: EnvPool, goals, episode_ids, eval_seed) -> dict:
         goal_index = np.array([e % len(goals) for e in episode_ids])
         chosen = [goals[g] for g in goal_index]
         goal_frames = np.stack([g.frame for g in chosen])
-    obs, infos = pool.reset(rows, [eval_seed + e for e in episode_ids])
+    first, infos = pool.reset(rows, [eval_seed + e for e in episode_ids])
+    stacks = RowStacks(n, agent.spec.frame_stack, agent.spec.frame_shape)
+    obs = stacks.start(rows, first)
     start_features = [info.get("features") for info in infos]
     features = list(start_features)
     t = np.zeros(n, dtype=np.int64)
@@ -103,14 +107,14 @@ def _run_chunk(agent, pool: EnvPool, goals, episode_ids, eval_seed) -> dict:
         done[live[stop]] = True              # the agent ended these episodes: no action is sent
         go = live[~stop]
         if len(go):
-            new_obs, rewards, terminated, truncated, step_infos = pool.step(go, decision.actions[~stop])
-            obs[go] = new_obs
+            new_frames, rewards, terminated, truncated, step_infos = pool.step(go, decision.actions[~stop])
+            stacks.push(go, new_frames)
             returns[go] += rewards
             for j, i in enumerate(go):
                 features[i] = step_infos[j].get("features")
             t[go] += 1
             done[go] = terminated | truncated
-    final_frames = obs[:, -1].copy()
+    final_frames = stacks.latest()
     agent.end_episodes(rows, final_frames, goal_frames, explore=False)
     success = optimal = None
     if goals is not None:

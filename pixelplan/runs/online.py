@@ -35,6 +35,7 @@ import torch
 from pixelplan import config as config_lib
 from pixelplan.config import Config
 from pixelplan.envs.vector import EnvPool
+from pixelplan.envs.wrappers import RowStacks
 from pixelplan.runs import plots
 from pixelplan.runs.checkpoints import CHECKPOINT, LoopState, check_resumable, checkpoint_now, open_run
 from pixelplan.runs.common import (check_out_dir, default_out, env_workers, headline, new_store, prepare,
@@ -154,10 +155,12 @@ class OnlineRun:
         goals = None if self.goal_frames is None else self.goal_frames[self.rng.integers(len(self.goal_frames),
                                                                                           size=n)]
         seeds = [int(self.rng.integers(2**31)) for _ in range(n)]
-        obs, _ = self.pool.reset(rows, seeds)
+        first, _ = self.pool.reset(rows, seeds)
+        stacks = RowStacks(n, spec.frame_stack, spec.frame_shape)
+        obs = stacks.start(rows, first)
         # Copies, not views: ``obs`` is overwritten in place below as the rows step, and a view
         # kept here would turn every episode's first frame into its last (a past bug).
-        frames = [[o[-1].copy()] for o in obs]
+        frames = [[f.copy()] for f in first]
         actions: list[list] = [[] for _ in range(n)]
         rewards: list[list[float]] = [[] for _ in range(n)]
         t = np.zeros(n, dtype=np.int64)
@@ -169,10 +172,10 @@ class OnlineRun:
             live = np.flatnonzero(~done)
             if len(live) == 0:
                 break
-            new_obs, step_rewards, terminated, truncated, _ = self.pool.step(live, decision.actions[live])
-            obs[live] = new_obs
+            new_frames, step_rewards, terminated, truncated, _ = self.pool.step(live, decision.actions[live])
+            stacks.push(live, new_frames)
             for j, i in enumerate(live):
-                frames[i].append(new_obs[j, -1].copy())
+                frames[i].append(new_frames[j].copy())
                 actions[i].append(np.array(decision.actions[i], dtype=spec.action_dtype))
                 rewards[i].append(step_rewards[j])
             t[live] += 1
