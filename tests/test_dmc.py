@@ -8,7 +8,7 @@ from pixelplan import envs
 from pixelplan.agents.base import ObsSpec
 from pixelplan.agents.random import RandomAgent
 from pixelplan.envs.dmc import PAPER_TASKS
-from pixelplan.envs.spec import spec_of
+from pixelplan.envs.core import spec_of
 from pixelplan.envs.vector import EnvFactory
 from pixelplan.runs.evaluate import evaluate
 
