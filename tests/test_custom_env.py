@@ -236,7 +236,7 @@ def test_a_lambda_factory_steps_in_this_process_with_one_warning():
     with pytest.warns(EnvWorkerWarning, match="cannot be sent to env worker processes") as caught:
         pool = EnvPool(EnvFactory("test-lambda-slider"), 2, workers=2)
     with pool:
-        assert pool.workers == 0 and pool.reset([0, 1], [0, 0])[0].shape == (2, 1, 32, 32)
+        assert pool.workers == 0 and pool.reset([0, 1], [0, 0])[0].shape == (2, 32, 32)   # single frames
     assert len(caught) == 1 and "\n" not in str(caught[0].message)
 
 
@@ -287,7 +287,7 @@ def test_a_script_that_registers_its_env_trains_with_env_worker_processes(tmp_pa
     summary = json.loads((out / "summary.json").read_text())
     assert summary["env"] == "myslider" and summary["env_steps"] >= 80 and summary["updates"] > 0
     assert (out / "goals.png").is_file()
-    assert result["guarded_workers"] == 0 and result["guarded_obs"] == [2, 1, 32, 32]
+    assert result["guarded_workers"] == 0 and result["guarded_obs"] == [2, 32, 32]
     assert len(result["warnings"]) == 1 and "cannot be sent to env worker processes" in result["warnings"][0]
 
 
