@@ -58,6 +58,11 @@ class SharedConfig:
     """size of the state code, the goal code and the mixed state-goal code"""
     mix_hidden: int = 256
     """hidden width of the MLP that mixes state and goal codes"""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """arithmetic of the IMPALA encoders' convolutions: bf16 (autocast; normalisation, the
+    encoders' output and everything after them stay fp32), or fp32; auto = bf16 where the
+    device computes it natively (CPUs with AVX-512 BF16 or AMX, CUDA GPUs with bf16), else
+    fp32. The small grid-world encoder always runs in fp32 (docs/glamor.md, "Speed")"""
 
     # --- optimiser and batches (Figure 5) ---
     lr: float = 5e-4
@@ -89,6 +94,10 @@ class GlamorConfig:
 
     lstm_hidden: int = 64
     """hidden size of the idm and prior LSTMs (one layer each)"""
+    lstm_buckets: int = 6
+    """training runs the LSTMs over the batch's rows sorted by length in this many buckets,
+    each only as long as its longest row (the same log-likelihoods as one padded batch, without
+    paying for most of the padding); 1 = one padded batch, as the paper's code does"""
 
     self_goal_prob: float = 0.0
     """fraction of each training batch relabelled as 'the start is its own goal' (k = 0,
@@ -340,10 +349,12 @@ def load(path) -> Config:
 # they change the budget or the bookkeeping, not what is learned so far. (``preset`` only
 # names where the defaults came from; the values themselves are compared.)
 # (``dataset_memory`` too: the RAM and disk stores draw the same samples.)
+# (``shared.precision`` and ``glamor.lstm_buckets`` say how the same model is computed.)
 RESUMABLE_FIELDS = {"steps", "out", "device", "threads", "env_workers", "eval_every", "eval_episodes",
                     "checkpoint_every", "log_every", "progress", "label",
                     "keep_previous_checkpoint", "preset", "dataset", "dataset_memory", "updates",
-                    "eval_every_updates", "checkpoint_every_updates", "log_every_updates"}
+                    "eval_every_updates", "checkpoint_every_updates", "log_every_updates",
+                    "shared.precision", "glamor.lstm_buckets"}
 
 
 def incompatible_fields(saved: Config, new: Config) -> list[str]:
@@ -357,7 +368,8 @@ def incompatible_fields(saved: Config, new: Config) -> list[str]:
             continue
         if isinstance(a.get(key), dict) and isinstance(b.get(key), dict) and key != "env_options":
             diffs += [f"{key}.{k}: {a[key].get(k)!r} -> {b[key].get(k)!r}"
-                      for k in sorted(set(a[key]) | set(b[key])) if a[key].get(k) != b[key].get(k)]
+                      for k in sorted(set(a[key]) | set(b[key]))
+                      if a[key].get(k) != b[key].get(k) and f"{key}.{k}" not in RESUMABLE_FIELDS]
         elif a.get(key) != b.get(key):
             diffs.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
     return diffs
@@ -393,6 +405,8 @@ def validate(cfg: Config) -> None:
     need(sh.eps_steps >= 0, f"shared.eps_steps must be >= 0, got {sh.eps_steps}")
     need(sh.max_k is None or sh.max_k >= 1, f"shared.max_k must be >= 1 or None, got {sh.max_k}")
     need(g.trials >= 1, f"glamor.trials must be >= 1, got {g.trials}")
+    need(g.lstm_buckets >= 1, f"glamor.lstm_buckets must be >= 1, got {g.lstm_buckets}")
+    need(sh.precision in ("auto", "fp32", "bf16"), f"shared.precision must be auto, fp32 or bf16, got {sh.precision!r}")
     need(g.eval_trials is None or g.eval_trials >= 1, f"glamor.eval_trials must be >= 1, got {g.eval_trials}")
     need(0 < g.gamma <= 1, f"glamor.gamma must be in (0, 1], got {g.gamma}")
     need(g.alpha >= 0, f"glamor.alpha must be >= 0, got {g.alpha}")

@@ -57,7 +57,7 @@ from pixelplan.agents.base import (AgentBase, Decision, EnvSpec, Learner, batch_
 from pixelplan.config import Config
 from pixelplan.data.replay import HindsightBatch
 from pixelplan.data.samplers import HindsightSampler
-from pixelplan.nets.encoders import make_encoder
+from pixelplan.nets.encoders import make_encoder, set_precision
 from pixelplan.nets.goal_policy import GoalTimeNet
 
 
@@ -96,6 +96,9 @@ class DiscernAgent(AgentBase):
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.embed = GoalEmbedding(self.shared.encoder, colours, hw, self.shared.state_size,
                                    self.cfg.embed_size).to(device)
+        self.precision = set_precision(self.q, self.shared.precision, device)
+        set_precision(self.q_target, self.shared.precision, device)
+        set_precision(self.embed, self.shared.precision, device)
         self.learner = Learner.from_shared([*self.q.parameters(), *self.embed.parameters()], self.shared)
         self.rng = np.random.default_rng(seed)
         c = self.cfg

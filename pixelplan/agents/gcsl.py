@@ -40,6 +40,7 @@ from pixelplan.agents.base import AgentBase, Decision, EnvSpec, Learner, check_b
 from pixelplan.config import Config
 from pixelplan.data.replay import HindsightBatch
 from pixelplan.data.samplers import HindsightSampler
+from pixelplan.nets.encoders import set_precision
 from pixelplan.nets.goal_policy import GoalTimeNet
 
 
@@ -55,6 +56,7 @@ class GcslAgent(AgentBase):
         self.policy = GoalTimeNet.for_frames(self.shared.encoder, spec.frame_shape, spec.frame_stack,
                                              self.shared.state_size, self.shared.mix_hidden, spec.n_actions,
                                              spec.max_episode_steps).to(device)
+        self.precision = set_precision(self.policy, self.shared.precision, device)
         self.learner = Learner.from_shared(self.policy.parameters(), self.shared)
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator(device=device)

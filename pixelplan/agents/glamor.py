@@ -67,11 +67,15 @@ from pixelplan.config import Config, GlamorConfig, SharedConfig
 from pixelplan.data.replay import PAD, HindsightBatch
 from pixelplan.data.samplers import HindsightSampler
 from pixelplan.nets.action_model import ActionSequenceModel, TokenStepper
-from pixelplan.nets.encoders import make_encoder
+from pixelplan.nets.encoders import make_encoder, set_precision
 from pixelplan.planners.shooting import Plans, shoot
 
 _IGNORE = -100  # cross_entropy's ignore index for positions after END
 _GOAL_CACHE_SIZE = 4096
+#: batches whose longest sequence is at most this many tokens train the LSTMs as one padded
+#: batch: bucketing saves nothing there (grid world, K = 12: 110 ms a padded update against 114
+#: bucketed, benchmarks measured on this 2-core CPU), and the padded path is the paper's
+BUCKET_MIN_TOKENS = 32
 
 
 class GlamorModel(nn.Module):
@@ -113,6 +117,7 @@ class GlamorAgent(AgentBase):
         self.sampler = HindsightSampler(self.batch_size, self.max_k)
         torch.manual_seed(seed)
         self.model = GlamorModel(self.shared, self.cfg, spec).to(device)
+        self.precision = set_precision(self.model, self.shared.precision, device)   # before the EMA copies it
         self.learner = Learner.from_shared(self.model.parameters(), self.shared)
         # The weights the planner uses: the trained ones, or their moving average.
         self.ema = (swa_utils.AveragedModel(self.model, multi_avg_fn=swa_utils.get_ema_multi_avg_fn(
@@ -258,10 +263,16 @@ class GlamorAgent(AgentBase):
         prev = torch.cat([torch.full_like(k, -1).unsqueeze(1), actions], 1)
         idm_code, prior_code = self.model.codes(torch.as_tensor(batch.state, device=dev),
                                                 torch.as_tensor(batch.goal, device=dev))
-        nll_idm = F.cross_entropy(self.model.idm(idm_code, prev).flatten(0, 1), targets.flatten(),
-                                  ignore_index=_IGNORE)
-        nll_prior = F.cross_entropy(self.model.prior(prior_code, prev).flatten(0, 1),
-                                    targets.flatten(), ignore_index=_IGNORE)
+        if self.cfg.lstm_buckets > 1 and length > BUCKET_MIN_TOKENS:   # the same likelihoods, less padding
+            lengths = k + 1
+            nll_idm, nll_prior = (total / count for total, count in (
+                head.token_nll(code, prev, targets, lengths, self.cfg.lstm_buckets)
+                for head, code in ((self.model.idm, idm_code), (self.model.prior, prior_code))))
+        else:                           # one padded batch (the paper's code)
+            nll_idm = F.cross_entropy(self.model.idm(idm_code, prev).flatten(0, 1), targets.flatten(),
+                                      ignore_index=_IGNORE)
+            nll_prior = F.cross_entropy(self.model.prior(prior_code, prev).flatten(0, 1),
+                                        targets.flatten(), ignore_index=_IGNORE)
         loss = nll_idm + self.cfg.alpha * nll_prior
         return loss, {"loss": loss.item(), "nll_idm": nll_idm.item(), "nll_prior": nll_prior.item()}
 
