@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pixelplan import config as config_lib
 from pixelplan.runs.train import train
 
@@ -43,10 +45,12 @@ def test_throughput_quick(tmp_path):
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     cpu = _last_json(proc.stdout)["cpu"]
-    for key in ("planner_ms_per_decision", "planner_ms_per_decision_early", "decision_ms_mpc", "decision_ms_cold",
-                "train_samples_per_s_gridworld",
+    for key in ("planner_ms_per_decision", "planner_ms_per_decision_early", "decision_ms_mpc", "decision_ms_mpc_fp32",
+                "decision_ms_cold", "train_samples_per_s_gridworld",
                 "train_samples_per_s_paper_104x80", "train_env_steps_per_s"):
         assert cpu[key] is not None and cpu[key] > 0, key
+    assert cpu["decision_precision"] in ("fp32", "bf16")
+    _check_update_parts(cpu)
     dmc = _last_json(proc.stdout)["dmc_env_steps_per_s"]
     assert set(dmc) == {"point_mass-easy", "cartpole-balance"}
     assert all(row["pool"] > 0 and row["in_process"] > 0 and row["in_process_workers"] == 0 for row in dmc.values())
@@ -55,6 +59,45 @@ def test_throughput_quick(tmp_path):
     assert all(row["pool"] > 0 and row["in_process"] > 0 for row in atari.values())
     train_run = _last_json(proc.stdout)["glamor_atari_train"]
     assert train_run["steps"] >= 300 and train_run["updates"] > 0 and train_run["wall_seconds_per_100k"] > 0
+
+
+def _positive(row: dict, keys) -> None:
+    for key in keys:
+        value = row[key]
+        assert isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, (key, value)
+
+
+def _check_update_parts(cpu: dict) -> None:
+    """The update A/B, FLOP, peak and projection figures of throughput.py: present, positive,
+    and consistent with one another (quick-mode values: smoke, not figures)."""
+    ab = cpu["update_ab"]
+    assert ab["figure"] is False     # --quick numbers are labelled as not figures
+    _positive(ab, ("before_s", "after_s", "ratio", "loss_before", "loss_after", "sample_ms", "batch_size", "max_k"))
+    assert ab["ratio"] == pytest.approx(ab["after_s"] / ab["before_s"], rel=0.01)
+    assert ab["before"] == {"precision": "fp32", "lstm_buckets": 1}
+    assert ab["after"]["precision"] in ("fp32", "bf16") and ab["after"]["lstm_buckets"] >= 1
+    assert ab["same_initial_weights"] is True
+    assert 0 <= ab["loss_rel_diff"] < 1e-2   # the same model on the same batch: only rounding differs
+    flops = cpu["flops"]
+    for name in ("before", "after"):
+        _positive(flops[name], ("total", "encoders", "lstm_recurrence", "conv"))
+        assert flops[name]["encoders"] + flops[name]["lstm_recurrence"] <= flops[name]["total"] * (1 + 1e-6)
+    assert flops["after"]["total"] <= flops["before"]["total"]   # buckets only ever drop padding
+    peak = cpu["peak"]
+    _positive(peak, ("fp32_gflops", "bf16_gflops", "threads", "n"))
+    roof = cpu["roofline"]
+    _positive(roof["before"], ("gflops_achieved", "fraction_of_fp32_peak", "bound_s_fp32", "bound_s_bf16"))
+    _positive(roof["after"], ("gflops_achieved", "fraction_of_fp32_peak", "fraction_of_bf16_peak",
+                              "bound_s_fp32", "bound_s_bf16"))
+    _positive(cpu["plan_costs"], ("collect_plan_ms", "eval_decision_ms", "collect_rows", "eval_rows"))
+    proj = cpu["projection_500k"]
+    assert proj["figure"] is False
+    _positive(proj, ("updates", "update_s", "env_steps_per_s", "episodes", "evaluations", "total_hours"))
+    assert proj["updates"] == (proj["steps"] - proj["min_steps_learn"]) * proj["replay_ratio"] / proj["batch_size"]
+    terms = proj["hours"]
+    assert set(terms) >= {"updates", "env_steps_train", "env_steps_eval", "planning_collection", "planning_eval"}
+    assert all(v >= 0 for v in terms.values()) and terms["updates"] > 0 and terms["env_steps_train"] > 0
+    assert proj["total_hours"] == pytest.approx(sum(terms.values()), abs=0.01 + 0.001 * len(terms))
 
 
 def test_grid_diagnostics_on_a_saved_run(tmp_path):
