@@ -57,16 +57,41 @@ def _onednn_available() -> bool:
 
 
 class _GroupNorm(nn.GroupNorm):
-    """GroupNorm computed in fp32 whatever its input (under bf16 autocast the convolutions
-    hand it bf16). Its statistics need the precision, and on this CPU PyTorch's bf16 GroupNorm
-    backward for channels_last maps is 4-5x slower than the fp32 one. The output stays fp32,
-    so the residual stream between the blocks is fp32 too; the next convolution casts."""
+    """GroupNorm that keeps bf16 maps in bf16 but computes their backward in fp32.
+
+    Under bf16 autocast the convolutions hand it bf16 maps. Its forward runs on them directly
+    (PyTorch accumulates the statistics in fp32) and returns bf16, so the ReLUs, pools and
+    residual adds around it move half the bytes; its backward casts to fp32 and uses the fp32
+    kernel, because on this CPU PyTorch's bf16 GroupNorm backward on channels_last maps is
+    4-5x slower than the fp32 one (and the gradient wants the precision). fp32 maps take the
+    plain path, so fp32 encoders compute exactly what ``nn.GroupNorm`` does.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
             return super().forward(x)
-        with torch.autocast(x.device.type, enabled=False):
-            return super().forward(x.float())
+        return _LowPrecisionGroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)
+
+
+class _LowPrecisionGroupNorm(torch.autograd.Function):
+    """GroupNorm of a bf16 (or fp16) map: forward in its dtype, backward in fp32."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups: int, eps: float):
+        n, c = x.shape[:2]
+        hw = x.numel() // max(1, n * c)
+        out, mean, rstd = torch.native_group_norm(x, weight.to(x.dtype), bias.to(x.dtype), n, c, hw, groups, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.sizes = (n, c, hw, groups)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, mean, rstd = ctx.saved_tensors
+        n, c, hw, groups = ctx.sizes
+        grad_x, grad_w, grad_b = torch.ops.aten.native_group_norm_backward(
+            grad.float(), x.float(), mean.float(), rstd.float(), weight, n, c, hw, groups, [True, True, True])
+        return grad_x.to(x.dtype), grad_w, grad_b, None, None
 
 
 class _ResidualBlock(nn.Module):
