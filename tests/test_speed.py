@@ -134,3 +134,26 @@ def test_precision_and_buckets_may_change_on_resume_but_are_validated():
     new.glamor.lstm_buckets = 0
     with pytest.raises(ValueError, match="lstm_buckets"):
         config_lib.validate(new)
+
+
+@pytest.mark.parametrize("name", ["gcsl", "discern"])
+def test_the_baselines_share_the_bf16_encoders_and_still_learn(name):
+    cfg = config_lib.preset("debug")
+    cfg.shared.encoder, cfg.shared.state_size, cfg.shared.batch_size, cfg.shared.precision = "impala", 16, 8, "bf16"
+    spec = EnvSpec((16, 20), 2, 4, 10)
+    agent = make_agent(name, cfg, spec, torch.device("cpu"), 0)
+    encoders = [m for m in (agent.policy if name == "gcsl" else agent.q).modules() if isinstance(m, ImpalaEncoder)]
+    assert agent.precision == "bf16" and encoders and all(m.compute_dtype == torch.bfloat16 for m in encoders)
+    rng = np.random.default_rng(0)
+    store = ReplayBuffer(60, (16, 20), 2)
+    for _ in range(5):
+        store.add_episode(rng.integers(0, 256, (11, 16, 20), dtype=np.uint8), rng.integers(0, 4, 10))
+    if name == "discern":
+        for _ in range(3):
+            agent.end_episodes(np.arange(2), rng.integers(0, 256, (2, 16, 20), dtype=np.uint8),
+                               rng.integers(0, 256, (2, 16, 20), dtype=np.uint8), explore=True)
+    metrics = [agent.update(agent.sampler.sample(store, rng)) for _ in range(3)]
+    assert all(np.isfinite(v) for m in metrics for v in m.values())
+    decision = agent.act(store.stacks_at(store.episode_slots()[:2, 0]), rng.integers(0, 256, (2, 16, 20), np.uint8),
+                         np.zeros(2, np.int64), explore=False, env_steps=0)
+    assert decision.actions.shape == (2,) and ((decision.actions >= 0) & (decision.actions < 4)).all()
