@@ -59,10 +59,14 @@
   horizon T / 2. Planning is timed with ``termination="plan_end"`` and every episode runs to T:
   an upper bound (END stops sampling early in training runs). Not included: checkpoints (the
   replay is saved with them), logging, replay insertion.
-* ``dmc_env_steps_per_s``: DM Control collection speed per task: 8 envs (frame stack 4) in
-  an ``EnvPool`` with one worker process per core, uniform random actions; each agent step
-  renders one 80x104 frame (point_mass: after 4 physics steps). Also with the envs in the
-  calling process (``workers=0``). ``--quick`` times two tasks with tiny goal sets.
+* ``dmc_env_steps_per_s``: DM Control collection speed per task: 8 envs (single frames, as the
+  drivers step them) in an ``EnvPool`` with one worker process per core, uniform random
+  actions; each agent step renders one 80x104 frame (point_mass: after 4 physics steps). Also
+  with the envs in the calling process (``workers=0``). ``--quick`` times two tasks with tiny
+  goal sets.
+* ``planet_env_steps_per_s``: the same for PlaNet's six tasks as reward tasks with its
+  observation (``task reward``: 64x64 RGB, continuous actions uniform in the bounds, its
+  action repeat, so each agent step is that many physics steps and one render).
 * ``atari_env_steps_per_s``: the same for the Atari games, with the full preprocessing
   (frame skip 4, sticky actions, max over two frames, 104x80 grayscale, life loss ends the
   episode), 200 vector steps per game. In both suites a row whose episode ends is reset at
@@ -472,9 +476,11 @@ def training_loop_steps_per_s(device: str, steps: int) -> dict:
     return {"train_env_steps_per_s": round(float(np.median(rates)), 1) if rates else None}
 
 
-def env_steps_per_s(suite: str, names: list[str], vector_steps: int, goal_options: dict) -> dict:
+def env_steps_per_s(suite: str, names: list[str], vector_steps: int, goal_options: dict,
+                    key: str | None = None) -> dict:
     """Agent steps/s of 8 envs of ``suite:<name>``, pooled and in-process, single frames as the
-    drivers step them (they stack frames themselves)."""
+    drivers step them (they stack frames themselves), uniform random actions (Discrete or Box)."""
+    from pixelplan.envs.core import random_action
     from pixelplan.envs.vector import EnvFactory, EnvPool, default_workers
     out: dict = {}
     for name in names:
@@ -483,20 +489,21 @@ def env_steps_per_s(suite: str, names: list[str], vector_steps: int, goal_option
         row = {}
         for label, workers in (("pool", default_workers(8)), ("in_process", 0)):
             with EnvPool(factory, 8, workers) as pool:
-                n_actions = pool.get("action_space").n
+                space = pool.get("action_space")
                 rng = np.random.default_rng(0)
                 pool.reset(range(8), range(8))
                 start = time.perf_counter()
                 for _ in range(vector_steps):
-                    _, _, terminated, truncated, _ = pool.step(range(8), rng.integers(0, n_actions, 8))
+                    actions = [random_action(space, rng) for _ in range(8)]
+                    _, _, terminated, truncated, _ = pool.step(range(8), actions)
                     ended = np.flatnonzero(terminated | truncated)
                     if len(ended):
                         pool.reset(ended, rng.integers(2**31, size=len(ended)))
                 row[label] = round(8 * vector_steps / (time.perf_counter() - start), 1)
             row[f"{label}_workers"] = workers
         out[name] = row
-        print(suite, name, row, flush=True)
-    return {f"{suite}_env_steps_per_s": out}
+        print(key or suite, name, row, flush=True)
+    return {key or f"{suite}_env_steps_per_s": out}
 
 
 def glamor_atari_train(steps: int, quick: bool) -> dict:
@@ -519,7 +526,9 @@ def glamor_atari_train(steps: int, quick: bool) -> dict:
                                    "success_rate": summary.get("success_rate")}}
 
 
-PARTS = ("planner", "samples", "loop", "update", "dmc", "atari", "train")
+PARTS = ("planner", "samples", "loop", "update", "dmc", "planet_envs", "atari", "train")
+#: PlaNet's six tasks (its table 1), as reward tasks with its observation (64x64 RGB, its action repeat)
+PLANET_TASKS = ("cartpole-swingup", "reacher-easy", "cheetah-run", "finger-spin", "ball_in_cup-catch", "walker-walk")
 
 
 def main() -> None:
@@ -569,6 +578,11 @@ def main() -> None:
             results.update(env_steps_per_s("dmc", ["point_mass-easy", "cartpole-balance"], 10, tiny))
         else:
             results.update(env_steps_per_s("dmc", list(PAPER_TASKS), 100, {}))
+    if "planet_envs" in parts:
+        # Agent steps/s; each agent step is `frame_skip` env steps (PlaNet's action repeat) and one render.
+        results.update(env_steps_per_s("dmc", list(PLANET_TASKS[:2] if args.quick else PLANET_TASKS),
+                                       5 if args.quick else 100, {"task": "reward"},
+                                       key="planet_env_steps_per_s"))
     if "atari" in parts:
         # Goal sets do not change stepping speed: small ones spare building 14 full sets first.
         results.update(env_steps_per_s("atari", ["pong", "seaquest"] if args.quick else list(PAPER_GAMES),
