@@ -463,3 +463,11 @@ def test_no_rows_and_all_zero_limits():
     assert zero.actions.shape == (3, 0)
     assert zero.lengths.tolist() == [0, 0, 0]
     assert torch.allclose(zero.scores, model.z(True)[0, 0, 2, 2].float().expand(3))
+
+
+def test_best_of_refuses_plans_that_are_not_equal_groups():
+    from pixelplan.planners.shooting import Plans, best_of
+    plans = Plans(actions=torch.zeros(5, 2, dtype=torch.long), lengths=torch.zeros(5, dtype=torch.long),
+                  scores=torch.zeros(5))
+    with pytest.raises(ValueError, match="5 plans cannot be 2 groups"):
+        best_of(plans, 2)

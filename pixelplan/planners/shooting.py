@@ -268,7 +268,10 @@ def _assemble(tokens: torch.Tensor, zs: torch.Tensor, end: int, horizon: int, ga
 
 def best_of(plans: Plans, n_groups: int) -> Plans:
     """Argmax over trials: rows are laid out as (n_groups, trials), trials varying fastest."""
-    trials = plans.scores.shape[0] // n_groups
+    rows = plans.scores.shape[0]
+    if n_groups < 1 or rows % n_groups:
+        raise ValueError(f"best_of: {rows} plans cannot be {n_groups} groups of equal trials")
+    trials = rows // n_groups
     scores = plans.scores.view(n_groups, trials)
     best = scores.argmax(1) + torch.arange(n_groups, device=scores.device) * trials
     return Plans(actions=plans.actions[best], lengths=plans.lengths[best], scores=plans.scores[best])

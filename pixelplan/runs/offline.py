@@ -122,7 +122,12 @@ def _offline_locked(cfg, out, started, factory, probe, spec, agent, frames, wher
     rng = np.random.default_rng([cfg.seed, 2])
     fresh = LoopState(next_eval=cfg.eval_every_updates, next_checkpoint=cfg.checkpoint_every_updates,
                       next_log=cfg.log_every_updates)
-    state, log = open_run(cfg, out, spec, agent, None, rng, fresh, step_of=lambda st: st.updates)
+    try:
+        state, log = open_run(cfg, out, spec, agent, None, rng, fresh, step_of=lambda st: st.updates)
+    except BaseException:
+        if isinstance(store, DiskEpisodeStore):
+            store.close()           # a refused resume leaves no file handle behind
+        raise
     wall_before = state.wall_seconds
     eval_goals = probe.unwrapped.evaluation_goals() if spec.has_goals else None
     eval_pool, last_eval, metrics = None, {}, state.pending_metrics
