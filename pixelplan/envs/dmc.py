@@ -177,38 +177,12 @@ class DMCGoalEnv(FixedGoalSets, GoalEnv):
         self.task_kind = _choice("task", task, TASK_KINDS)
         self.has_goals = self.task_kind == "goal"
         self.has_reward = not self.has_goals
-        goal_options = dict(goal_seed=goal_seed, n_eval_goals=n_eval_goals, n_train_goals=n_train_goals,
-                            range_rollouts=range_rollouts)
-        if not self.has_goals:
-            given = [k for k, v in goal_options.items() if v is not None]
-            if given:
-                raise ValueError(f"dmc:{domain}-{task_name} is a reward task (task='reward'), which has no goal "
-                                 f"sets: drop the goal-set option(s) {', '.join(given)}")
-        goal_options = {k: _GOAL_SET_DEFAULTS[k] if v is None else v for k, v in goal_options.items()}
+        goal_options = self._goal_options(domain, task_name, goal_seed=goal_seed, n_eval_goals=n_eval_goals,
+                                          n_train_goals=n_train_goals, range_rollouts=range_rollouts)
         self.action_kind = _choice("actions", actions if actions is not None
-                               else ("discrete" if self.has_goals else "continuous"), ACTION_KINDS)
-        if height is None:
-            height = 80 if self.has_goals else PLANET_FRAME
-        if width is None:
-            width = 104 if self.has_goals else PLANET_FRAME
-        if grayscale is None:
-            grayscale = self.has_goals
-        if frame_skip is not None and int(frame_skip) < 1:
-            raise ValueError(f"frame_skip must be >= 1, got {frame_skip}")
-        if frame_skip is None:
-            frame_skip = (FRAME_SKIP.get(domain, 1) if self.has_goals
-                          else ACTION_REPEAT.get(domain, DEFAULT_ACTION_REPEAT))
-        if max_episode_steps is None:
-            if self.has_goals:
-                max_episode_steps = 100
-            else:
-                if int(frame_skip) > EPISODE_ENV_STEPS:
-                    raise ValueError(f"frame_skip {frame_skip} is longer than a reward task's episode of "
-                                     f"{EPISODE_ENV_STEPS} env steps; pass max_episode_steps too")
-                max_episode_steps = EPISODE_ENV_STEPS // int(frame_skip)
-        for name, value in (("height", height), ("width", width), ("max_episode_steps", max_episode_steps)):
-            if int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                                   else ("discrete" if self.has_goals else "continuous"), ACTION_KINDS)
+        height, width, grayscale, frame_skip, max_episode_steps = self._kind_defaults(
+            domain, height, width, grayscale, frame_skip, max_episode_steps)
         self.domain, self.task = domain, task_name
         self.name = f"dmc:{domain}-{task_name}"
         self.height, self.width, self.grayscale = int(height), int(width), bool(grayscale)
@@ -222,20 +196,7 @@ class DMCGoalEnv(FixedGoalSets, GoalEnv):
         physics.model.vis.quality.offsamples = 0
         physics.model.light_castshadow[:] = 0
         physics.model.mat_reflectance[:] = 0
-
-        spec = self._env.action_spec()
-        self._low = np.broadcast_to(np.asarray(spec.minimum, np.float64), spec.shape).copy()
-        self._high = np.broadcast_to(np.asarray(spec.maximum, np.float64), spec.shape).copy()
-        if self.action_kind == "continuous":
-            if not (np.all(np.isfinite(self._low)) and np.all(np.isfinite(self._high))):
-                raise ValueError(f"{self.name} has unbounded actions ({spec}); continuous actions need finite bounds")
-            self._actions = None
-            self.action_space = gym.spaces.Box(self._low.astype(np.float32), self._high.astype(np.float32),
-                                               tuple(spec.shape), np.float32)
-        else:
-            self._actions = _discrete_actions(self._low.reshape(-1), self._high.reshape(-1),
-                                              one_axis=domain in ONE_AXIS_DOMAINS)
-            self.action_space = gym.spaces.Discrete(len(self._actions))
+        self.action_space = self._make_action_space(domain)
         shape = (self.height, self.width) if self.grayscale else (self.height, self.width, 3)
         self.observation_space = gym.spaces.Box(0, 255, shape, np.uint8)
 
@@ -243,13 +204,61 @@ class DMCGoalEnv(FixedGoalSets, GoalEnv):
         self._live: bool | None = None   # None: never reset; False: dm_control ended the episode
         self._frame: np.ndarray | None = None
         self._features: np.ndarray | None = None
-        if not self.has_goals:
+        if self.has_goals:
+            self._set_up_goals(domain, task_name, goal_options, cache_dir)
+        else:
             self.feature_keys, self.feature_names = (), ()
             self.goal_spec = None
             self.goal_sets = None
             self.goal_cache_path = None
-            return
 
+    def _goal_options(self, domain: str, task_name: str, **given) -> dict:
+        """The goal-set options with their defaults; a reward task refuses any that is given."""
+        if not self.has_goals:
+            named = [k for k, v in given.items() if v is not None]
+            if named:
+                raise ValueError(f"dmc:{domain}-{task_name} is a reward task (task='reward'), which has no goal "
+                                 f"sets: drop the goal-set option(s) {', '.join(named)}")
+        return {k: _GOAL_SET_DEFAULTS[k] if v is None else v for k, v in given.items()}
+
+    def _kind_defaults(self, domain, height, width, grayscale, frame_skip, max_episode_steps) -> tuple:
+        """Frame size, colour, action repeat and T: the options given, else the task kind's
+        defaults (the module docstring's table), checked."""
+        goal = self.has_goals
+        height = (80 if goal else PLANET_FRAME) if height is None else height
+        width = (104 if goal else PLANET_FRAME) if width is None else width
+        grayscale = goal if grayscale is None else grayscale
+        if frame_skip is not None and int(frame_skip) < 1:
+            raise ValueError(f"frame_skip must be >= 1, got {frame_skip}")
+        if frame_skip is None:
+            frame_skip = FRAME_SKIP.get(domain, 1) if goal else ACTION_REPEAT.get(domain, DEFAULT_ACTION_REPEAT)
+        if max_episode_steps is None:
+            if not goal and int(frame_skip) > EPISODE_ENV_STEPS:
+                raise ValueError(f"frame_skip {frame_skip} is longer than a reward task's episode of "
+                                 f"{EPISODE_ENV_STEPS} env steps; pass max_episode_steps too")
+            max_episode_steps = 100 if goal else EPISODE_ENV_STEPS // int(frame_skip)
+        for name, value in (("height", height), ("width", width), ("max_episode_steps", max_episode_steps)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        return height, width, grayscale, frame_skip, max_episode_steps
+
+    def _make_action_space(self, domain: str) -> gym.Space:
+        """dm_control's action bounds as a float32 Box, or as the discretised action set."""
+        spec = self._env.action_spec()
+        self._low = np.broadcast_to(np.asarray(spec.minimum, np.float64), spec.shape).copy()
+        self._high = np.broadcast_to(np.asarray(spec.maximum, np.float64), spec.shape).copy()
+        if self.action_kind == "continuous":
+            if not (np.all(np.isfinite(self._low)) and np.all(np.isfinite(self._high))):
+                raise ValueError(f"{self.name} has unbounded actions ({spec}); continuous actions need finite bounds")
+            self._actions = None
+            return gym.spaces.Box(self._low.astype(np.float32), self._high.astype(np.float32), tuple(spec.shape),
+                                  np.float32)
+        self._actions = _discrete_actions(self._low.reshape(-1), self._high.reshape(-1),
+                                          one_axis=domain in ONE_AXIS_DOMAINS)
+        return gym.spaces.Discrete(len(self._actions))
+
+    def _set_up_goals(self, domain: str, task_name: str, goal_options: dict, cache_dir) -> None:
+        """The goal features (position-type observations) and the cached goal sets."""
         obs_spec = self._env.observation_spec()
         self.feature_keys = FEATURES.get(domain) or _position_keys(obs_spec)
         if not self.feature_keys:
