@@ -251,20 +251,21 @@ def test_decision_go_never_stops():
 
 def test_collect_writes_box_action_episodes_that_re_simulate_exactly(tmp_path):
     from pixelplan.data.dataset import read_attrs, read_episodes, verify
-    from pixelplan.runs.collect import collect, episode_rng, random_action
+    from pixelplan.envs.core import random_action
+    from pixelplan.runs.collect import collect, episode_rng
 
     out = tmp_path / "point.h5"
     attrs = collect(REWARD_ENV, 5, out, n_envs=2, shard_episodes=2, progress=False, seed=4)
     assert verify(out)["content_hash"] == attrs["content_hash"] == read_attrs(out)["content_hash"]
     episodes = list(read_episodes(out))
     assert len(episodes) == 5
-    spec = spec_of(point_env.make_reward_env())
+    space = point_env.make_reward_env().action_space
     for index, ep in enumerate(episodes):
         assert ep.actions.dtype == np.float32 and ep.actions.shape == (8, 2)
         # The episode's own stream gives its reset seed, then its actions, uniform in the Box...
         rng = episode_rng(4, index)
         reset_seed = int(rng.integers(2**31))
-        expected = np.stack([random_action(spec, rng) for _ in range(8)])
+        expected = np.stack([random_action(space, rng) for _ in range(8)])
         assert np.array_equal(ep.actions, expected) and (np.abs(expected) <= 1).all()
         # ... and the env, driven again with them, gives the same frames and rewards.
         env = point_env.make_reward_env()

@@ -13,7 +13,6 @@ that rule written out, the reference the others are tested against.
 """
 from __future__ import annotations
 
-from collections import deque
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -104,22 +103,15 @@ class FrameStack(gym.Wrapper):
             raise ValueError(f"FrameStack needs a uint8 Box observation space, got {space}")
         self.k = int(k)
         self.observation_space = gym.spaces.Box(0, 255, (self.k, *space.shape), np.uint8)
-        self._frames: deque[np.ndarray] = deque(maxlen=self.k)
-
-    def _obs(self) -> np.ndarray:
-        return np.stack(self._frames)
+        self._stack = RowStacks(1, self.k, space.shape)     # the drivers' stacking, for one env
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         frame, info = self.env.reset(seed=seed, options=options)
-        self._frames.clear()
-        for _ in range(self.k):
-            self._frames.append(frame)
-        return self._obs(), info
+        return self._stack.start([0], frame[None])[0].copy(), info
 
     def step(self, action):
         frame, reward, terminated, truncated, info = self.env.step(action)
-        self._frames.append(frame)
-        return self._obs(), reward, terminated, truncated, info
+        return self._stack.push([0], frame[None])[0].copy(), reward, terminated, truncated, info
 
     # Goal-environment API, forwarded.
     @property

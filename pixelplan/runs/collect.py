@@ -29,7 +29,7 @@ import numpy as np
 
 from pixelplan import __version__
 from pixelplan.data.dataset import DatasetError, Episode, read_attrs, read_episodes, write_episodes
-from pixelplan.envs.core import spec_of
+from pixelplan.envs.core import random_action, spec_of
 from pixelplan.envs.vector import EnvFactory, EnvPool
 from pixelplan.spec import EnvSpec
 from pixelplan.runs.rundir import TMP_PREFIX, RunLock, remove_stale_temporaries, write_atomically, write_text_atomically
@@ -63,7 +63,7 @@ def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "ra
         raise DatasetError(f"--out {out} is a directory; give a file name, e.g. {out / (env.replace(':', '-') + '.h5')}")
     factory = EnvFactory(env, parse_env_options(env_options), 1)
     probe = factory()
-    spec = spec_of(probe)
+    spec, space = spec_of(probe), probe.action_space
     probe.close()
     parts.mkdir(parents=True, exist_ok=True)
     with RunLock(parts, command="pixelplan collect"):
@@ -81,7 +81,7 @@ def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "ra
                     continue
                 first = k * shard_episodes
                 ids = range(first, first + _shard_size(k, episodes, shard_episodes))
-                shard = _collect_episodes(pool, spec, seed, ids, bar)
+                shard = _collect_episodes(pool, spec, space, seed, ids, bar)
                 _write_dataset(_shard_path(parts, k), shard, {**settings, "shard": k})
         finally:
             pool.close()
@@ -101,16 +101,7 @@ def episode_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def random_action(spec: EnvSpec, rng: np.random.Generator):
-    """One uniform random action: an int in ``0..n-1``, or a float32 array uniform within a Box's
-    bounds (one draw per entry)."""
-    if spec.discrete:
-        return int(rng.integers(spec.n_actions))
-    low, high = spec.action_bounds()
-    return (low + rng.random(spec.action_shape) * (high - low)).astype(np.float32)
-
-
-def _collect_episodes(pool: EnvPool, spec: EnvSpec, seed: int, ids: range, bar) -> list[Episode]:
+def _collect_episodes(pool: EnvPool, spec: EnvSpec, space, seed: int, ids: range, bar) -> list[Episode]:
     """Episodes ``ids``, up to ``len(pool)`` side by side; each is fixed by (seed, its index)."""
     out = []
     for start in range(0, len(ids), len(pool)):
@@ -123,7 +114,7 @@ def _collect_episodes(pool: EnvPool, spec: EnvSpec, seed: int, ids: range, bar) 
         actions, rewards = [[] for _ in rows], [[] for _ in rows]
         live = list(rows)
         while live:
-            acts = [random_action(spec, rngs[j]) for j in live]
+            acts = [random_action(space, rngs[j]) for j in live]   # the goal sets' random policy
             new_obs, rew, terminated, truncated, step_infos = pool.step(live, acts)
             still = []
             for pos, j in enumerate(live):

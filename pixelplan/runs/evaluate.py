@@ -51,6 +51,14 @@ class EvalResult:
         return out
 
 
+def evaluation_episodes(goals: list | None, requested: int | None = None) -> int:
+    """How many episodes an evaluation runs: ``requested``, else one per goal on a goal task
+    and ``REWARD_EVAL_EPISODES`` on a reward task (``goals`` None)."""
+    if requested is not None:
+        return requested
+    return len(goals) if goals is not None else REWARD_EVAL_EPISODES
+
+
 def evaluate(agent: Agent, make_env: Callable[[], object], goals: list | None, episodes: int | None = None,
              batch: int = 64, eval_seed: int = 10_000, pool: EnvPool | None = None) -> EvalResult:
     """Run ``episodes`` evaluation episodes: on a goal task one per goal by default, cycling
@@ -62,7 +70,7 @@ def evaluate(agent: Agent, make_env: Callable[[], object], goals: list | None, e
     """
     if goals is not None and not len(goals):
         raise ValueError("evaluation of a goal task needs at least one goal")
-    episodes = (len(goals) if goals is not None else REWARD_EVAL_EPISODES) if episodes is None else episodes
+    episodes = evaluation_episodes(goals, episodes)
     if episodes < 1:
         raise ValueError(f"evaluation needs at least one episode, got {episodes}")
     own = pool is None

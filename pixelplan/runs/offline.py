@@ -35,7 +35,7 @@ from pixelplan.data.replay import ReplayBuffer, ReplayTooLarge, check_replay_fit
 from pixelplan.envs.vector import EnvPool
 from pixelplan.runs.checkpoints import CHECKPOINT, LoopState, check_resumable, checkpoint_now, open_run
 from pixelplan.runs.common import check_out_dir, env_workers, prepare, write_summary
-from pixelplan.runs.evaluate import REWARD_EVAL_EPISODES, evaluate
+from pixelplan.runs.evaluate import evaluate, evaluation_episodes
 from pixelplan.runs.online import EVAL_BATCH, _mean, _write_figures
 from pixelplan.runs.rundir import RunLock, remove_stale_temporaries
 from pixelplan.runs.schedule import RunInterrupted, StopOnSignal, next_due
@@ -148,8 +148,8 @@ def _offline_locked(cfg, out, started, factory, probe, spec, agent, frames, wher
                     state.next_log = next_due(state.next_log, state.updates, cfg.log_every_updates)
                 if state.updates >= state.next_eval or final:
                     if eval_pool is None:
-                        default = len(eval_goals) if eval_goals is not None else REWARD_EVAL_EPISODES
-                        eval_pool = EnvPool(factory, min(EVAL_BATCH, cfg.eval_episodes or default), env_workers(cfg))
+                        episodes = evaluation_episodes(eval_goals, cfg.eval_episodes)
+                        eval_pool = EnvPool(factory, min(EVAL_BATCH, episodes), env_workers(cfg))
                     result = evaluate(agent, factory, eval_goals, cfg.eval_episodes, pool=eval_pool)
                     last_eval = result.metrics()
                     log.log(state.updates, "eval", {**last_eval, "wall_seconds": wall()})

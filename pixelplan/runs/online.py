@@ -40,7 +40,7 @@ from pixelplan.runs import plots
 from pixelplan.runs.checkpoints import CHECKPOINT, LoopState, check_resumable, checkpoint_now, open_run
 from pixelplan.runs.common import (check_out_dir, default_out, env_workers, headline, new_store, prepare,
                                    warn_if_no_learning, write_summary)
-from pixelplan.runs.evaluate import REWARD_EVAL_EPISODES, EvalResult, evaluate
+from pixelplan.runs.evaluate import EvalResult, evaluate, evaluation_episodes
 from pixelplan.runs.logging import read_metrics
 from pixelplan.runs.rundir import RunLock, remove_stale_temporaries
 from pixelplan.runs.schedule import ReplayRatio, RunInterrupted, StopOnSignal, next_due
@@ -216,8 +216,8 @@ class OnlineRun:
     def evaluate(self) -> EvalResult:
         cfg = self.cfg
         if self.eval_pool is None:
-            default = len(self.eval_goals) if self.eval_goals is not None else REWARD_EVAL_EPISODES
-            self.eval_pool = EnvPool(self.factory, min(EVAL_BATCH, cfg.eval_episodes or default), env_workers(cfg))
+            episodes = evaluation_episodes(self.eval_goals, cfg.eval_episodes)
+            self.eval_pool = EnvPool(self.factory, min(EVAL_BATCH, episodes), env_workers(cfg))
         result = evaluate(self.agent, self.factory, self.eval_goals, cfg.eval_episodes, pool=self.eval_pool)
         self.last_eval = result.metrics()
         self.log.log(self.state.env_steps, "eval", {**self.last_eval, "wall_seconds": self.wall()})
