@@ -306,3 +306,64 @@ def test_row_stacks_follow_the_one_stacking_rule_row_by_row(k):
             assert np.array_equal(stacks.array[r], stack_from_history(frames_so_far, k)[-1])
     with pytest.raises(ValueError, match="single frames"):
         stacks.push([0], np.zeros((1, k, *shape), np.uint8))
+
+
+def test_box_action_windows_trained_on_are_what_the_env_produced_through_the_real_loop(run_dir, monkeypatch):
+    """A learning agent on a Box-action reward env (a random actor that trains on sequence
+    windows, as PlaNet will): every window its update is given, frames, float actions and
+    rewards, is a contiguous piece of an episode the env itself produced, through the real
+    online loop, the store and the sampler."""
+    import importlib
+
+    from pixelplan.data.samplers import SequenceSampler
+
+    # The module the run's env factory is imported from (``support.point_env`` above is another copy).
+    Point = importlib.import_module("tests.support.point_env").Point
+    produced: dict[int, list] = {}                   # env instance -> its episodes, as they happened
+    real_reset, real_step = Point.reset, Point.step
+
+    def reset(self, **kwargs):
+        frame, info = real_reset(self, **kwargs)
+        produced.setdefault(id(self), []).append({"frames": [frame.copy()], "actions": [], "rewards": []})
+        return frame, info
+
+    def step(self, action):
+        frame, reward, *rest = real_step(self, action)
+        ep = produced[id(self)][-1]
+        ep["frames"].append(frame.copy())
+        ep["actions"].append(np.array(action, np.float32))
+        ep["rewards"].append(np.float32(reward))
+        return (frame, reward, *rest)
+
+    monkeypatch.setattr(Point, "reset", reset)
+    monkeypatch.setattr(Point, "step", step)
+    seen = []
+    make = common_mod.make_agent
+
+    def learning_random(*args, **kwargs):
+        agent = make(*args, **kwargs)
+        agent.learns, agent.sampler = True, SequenceSampler(6, 4)
+        agent.update = lambda batch: seen.append(batch) or {}
+        return agent
+
+    monkeypatch.setattr(common_mod, "make_agent", learning_random)
+    cfg = small_run_config(run_dir, agent="random", env=REWARD_ENV, frame_stack=1, env_workers=0,
+                           eval_episodes=2, replay_capacity=200)
+    summary = train(cfg)
+    assert summary["updates"] == len(seen) > 0
+    episodes = [ep for eps in produced.values() for ep in eps if ep["actions"]]
+    assert len(episodes) >= summary["episodes"]     # every stored episode was seen being made
+
+    def from_the_env(frames, actions, rewards) -> bool:
+        for ep in episodes:
+            f, a, r = np.stack(ep["frames"]), np.stack(ep["actions"]), np.array(ep["rewards"])
+            for p in range(len(f) - len(frames) + 1):
+                if (np.array_equal(f[p:p + len(frames)], frames) and np.array_equal(a[p:p + len(actions)], actions)
+                        and np.array_equal(r[p:p + len(rewards)], rewards)):
+                    return True
+        return False
+
+    for batch in seen:
+        assert batch.actions.dtype == np.float32 and batch.actions.shape == (6, 3, 2)
+        for frames, actions, rewards in zip(batch.frames, batch.actions, batch.rewards):
+            assert from_the_env(frames, actions, rewards)

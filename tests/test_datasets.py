@@ -74,15 +74,19 @@ def test_dataset_episodes_are_what_the_env_produced(dataset):
     assert attrs["frames"] == sum(len(ep.frames) for ep in stored)
 
 
-def test_offline_training_batches_are_what_the_env_produced(dataset, tmp_path, monkeypatch):
-    """Through the real collect and offline loops: every row the agent trains on is a naive
-    hindsight sample of an episode the env itself produces (not read back from the file)."""
+@pytest.mark.parametrize("memory", ["ram", "disk"])
+def test_offline_training_batches_are_what_the_env_produced(dataset, tmp_path, monkeypatch, memory):
+    """Through the real collect and offline loops, from either store: every row the agent trains
+    on is a naive hindsight sample of an episode the env itself produces (not read back from
+    the file)."""
     from pixelplan.agents.gcsl import GcslAgent
     seen = []
     real = GcslAgent.update
     monkeypatch.setattr(GcslAgent, "update", lambda self, batch: seen.append(batch) or real(self, batch))
     cfg = _offline_cfg(dataset, tmp_path / "run", updates=4)
-    train_offline(cfg)
+    cfg.dataset_memory = memory
+    summary = train_offline(cfg)
+    assert summary["dataset_store"] == memory
     episodes = _env_episodes(3, EPISODES)
     stack = cfg.frame_stack
     assert len(seen) == 4
