@@ -102,14 +102,17 @@ def _train(args: list[str]) -> int:
     pre.add_argument("--preset", nargs="+", default=["auto"])
     pre.add_argument("--env", default=None)
     pre.add_argument("--dataset", default=None)
+    pre.add_argument("--agent", default=None)
     known, rest = pre.parse_known_args(args)
+    if known.agent is not None:
+        rest += ["--agent", known.agent]                        # the presets depend on the agent too
     rest = _moved_flags(rest)
     env = known.env or "gridworld"
     if known.dataset is not None and "-h" not in rest and "--help" not in rest:
         from pixelplan.data.dataset import read_attrs
         env = known.env or read_attrs(known.dataset)["env"]    # the preset follows the dataset's env
         rest += ["--dataset", known.dataset]
-    base = config_lib.preset(known.preset, env)
+    base = config_lib.preset(known.preset, env, known.agent or "glamor")
     cfg = tyro.cli(config_lib.Config, default=base, args=rest + ["--env", env],
                    prog="pixelplan train", description="Train an agent; re-run on the same --out to resume.")
     if "-h" in rest or "--help" in rest:

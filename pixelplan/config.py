@@ -16,13 +16,21 @@ compares the run settings, ``shared`` and the trained agent's own section, nothi
 existed (its values then lived in ``glamor``) load and resume unchanged.
 
 Presets compose: one base, then overlays (``--preset paper debug``); without a base,
-``auto`` is the base. Bases:
+``auto`` is the base. Presets depend on the agent as well as the env: PlaNet's are its own
+(below). Bases for GLAMOR, GCSL, DISCERN and random:
 
 * ``paper``: Figure 5 as is, for DM Control and Atari.
 * ``gridworld``: the built-in grid world; tuned to learn in a few minutes on a laptop CPU
   (see docs/glamor.md for each value and why).
 * ``debug`` (an overlay): a tiny budget and tiny nets, to run every code path in seconds;
   ``--preset debug`` alone shrinks the ``auto`` base (the grid preset, for grid worlds).
+
+PlaNet (``--agent planet``): ``paper`` is its appendix A (one env, S = 5 seed episodes, C =
+100 updates per episode, 1000 episodes, CEM at J = 1000, I = 10; reward tasks, so ``dmc:*``
+envs get ``task reward``); ``auto`` is ``paper`` for PlaNet on every env; the ``cpu`` overlay
+shrinks it to what this project's 2-core CPU trains in an hour (docs/planet.md says exactly
+what and what it costs); ``debug`` shrinks it to seconds. Budgets and schedules are in agent
+steps; on ``dmc:*`` the preset converts PlaNet's episodes with the task's T = 1000 // repeat.
 
 ``--preset auto`` (the default) picks ``paper`` for the paper's suites (``dmc:*`` and
 ``atari:*``, whose budgets are hundreds of thousands of steps) and ``gridworld`` for every
@@ -38,7 +46,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
-PRESETS = ("auto", "paper", "gridworld", "debug")
+PRESETS = ("auto", "paper", "gridworld", "debug", "cpu")
 #: env-name prefixes of the paper's benchmark suites, which ``--preset auto`` gives the paper preset
 PAPER_SUITES = ("dmc:", "atari:")
 
@@ -165,6 +173,63 @@ class DiscernConfig:
 
 
 @dataclass
+class PlanetConfig:
+    """PlaNet's hyperparameters (Hafner et al. 2019, appendix A); defaults are the paper's.
+    PlaNet shares nothing with ``shared``: its model, optimiser and batches are its own."""
+
+    # --- model (section 3, appendix A) ---
+    model: Literal["rssm", "deterministic", "stochastic"] = "rssm"
+    """transition model: rssm (GRU and Gaussian paths, the paper's agent), deterministic (the
+    GRU alone) or stochastic (the SSM alone): the paper's figure 4"""
+    deter: int = 200
+    """units of the deterministic path (GRU)"""
+    stoch: int = 30
+    """dims of the diagonal-Gaussian stochastic state"""
+    hidden: int = 200
+    """width of the fully connected layers (two per function)"""
+    free_nats: float = 3.0
+    """the KL per time step (summed over latent dims) is clipped below at this value"""
+    overshooting: int = 0
+    """latent overshooting distance D (equation 7); 0 or 1 = off, the paper's final agent"""
+    overshooting_beta: float = 1.0
+    """weight of the overshooting KL terms, the same for every distance d > 1"""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """arithmetic of the encoder's and decoder's convolutions (the RSSM and the losses stay
+    fp32): auto = bf16 where the device computes it natively, else fp32"""
+
+    # --- training (appendix A) ---
+    lr: float = 1e-3
+    adam_eps: float = 1e-4
+    grad_clip: float = 1000.0
+    """max global gradient norm"""
+    batch_size: int = 50
+    """sequence chunks per batch (B)"""
+    chunk_length: int = 50
+    """frames per chunk (L)"""
+
+    # --- planning (appendix B) ---
+    planner: Literal["cem", "random_shooting"] = "cem"
+    """cem (the paper's agent) or random_shooting: the best of ``candidates`` sequences, no
+    refinement (figure 5)"""
+    horizon: int = 12
+    iterations: int = 10
+    candidates: int = 1000
+    elites: int = 100
+
+    # --- collection ---
+    collect: Literal["planner", "random"] = "planner"
+    """planner = CEM plus exploration noise; random = uniform random actions (figure 5)"""
+    explore_noise: float = 0.3
+    """std of the Gaussian noise added to the planned action when collecting"""
+
+    # --- diagnostics ---
+    openloop_videos: int = 4
+    """open-loop predictions written at each evaluation (rows of the GIF); 0 = none"""
+    openloop_context: int = 5
+    """frames the model filters before predicting open loop"""
+
+
+@dataclass
 class Config:
     """A training run."""
 
@@ -173,7 +238,7 @@ class Config:
     env_options: dict[str, str] = field(default_factory=dict)
     """keyword arguments for the env, e.g. --env-options size 9 start random"""
     agent: str = "glamor"
-    """which agent to train: glamor, gcsl, discern or random"""
+    """which agent to train: glamor, gcsl, discern, planet or random"""
     label: str | None = None
     """this run's name in results tables, e.g. glamor-randomcollect for an ablation;
     None = the agent's name"""
@@ -203,12 +268,20 @@ class Config:
     batch_size every batch_size / replay_ratio env steps"""
     min_steps_learn: int = 50_000
     """env steps collected before training starts"""
+    seed_episodes: int = 0
+    """episodes collected before training starts (as well as min_steps_learn): PlaNet's S"""
+    updates_per_episode: int | None = None
+    """train between rounds instead of during them: after each round that ends with training
+    started, this many updates per episode of the round (PlaNet's C); None = train during the
+    round at replay_ratio"""
 
     # --- evaluation and bookkeeping ---
     eval_every: int = 50_000
     """env steps between evaluations (and at the end)"""
     eval_episodes: int | None = None
-    """episodes per evaluation; None = one per evaluation goal"""
+    """episodes per evaluation; None = one per evaluation goal (10 on reward tasks)"""
+    eval_video: bool = False
+    """write a GIF of the first evaluation episode at each evaluation (videos/)"""
     checkpoint_every: int = 50_000
     """env steps between checkpoints (and at the end)"""
     log_every: int = 5_000
@@ -241,13 +314,14 @@ class Config:
     glamor: GlamorConfig = field(default_factory=GlamorConfig)
     gcsl: GcslConfig = field(default_factory=GcslConfig)
     discern: DiscernConfig = field(default_factory=DiscernConfig)
+    planet: PlanetConfig = field(default_factory=PlanetConfig)
 
 
 BASE_PRESETS = ("auto", "paper", "gridworld")
-OVERLAY_PRESETS = ("debug",)
+OVERLAY_PRESETS = ("debug", "cpu")
 
 
-def preset(names: str | Sequence[str] = "auto", env: str = "gridworld") -> Config:
+def preset(names: str | Sequence[str] = "auto", env: str = "gridworld", agent: str = "glamor") -> Config:
     """The default Config of one preset or of several composed, left to right.
 
     At most one base (``auto``, ``paper``, ``gridworld``) comes first; overlays (``debug``)
@@ -265,12 +339,21 @@ def preset(names: str | Sequence[str] = "auto", env: str = "gridworld") -> Confi
         raise ValueError(f"presets {' '.join(names)}: give at most one base preset ({', '.join(BASE_PRESETS)}), "
                          f"first, then overlays ({', '.join(OVERLAY_PRESETS)})")
     base = names[0] if bases else "auto"
+    planet = agent == "planet"
     if base == "auto":
-        base = "paper" if env.startswith(PAPER_SUITES) else "gridworld"
-    cfg = _BASES[base](env)
-    for name in names[1:] if bases else names:
-        cfg = _OVERLAYS[name](cfg)
-    cfg.preset = "+".join([base] + [n for n in names if n in OVERLAY_PRESETS])
+        base = "paper" if planet or env.startswith(PAPER_SUITES) else "gridworld"
+    if planet and base == "gridworld":
+        raise ValueError("PlaNet has no gridworld preset (it plans continuous actions on reward tasks); "
+                         "use --preset paper, optionally with the cpu or debug overlay")
+    if "cpu" in names and not planet:
+        raise ValueError(f"the cpu preset is PlaNet's (--agent planet); {agent} has none: use --preset "
+                         f"{base} or --preset {base} debug")
+    cfg = (_planet_paper if planet else _BASES[base])(env)
+    cfg.agent = agent
+    overlays = [n for n in names if n in OVERLAY_PRESETS]
+    for name in sorted(overlays, key=("cpu", "debug").index):     # cpu after debug would undo debug's budget
+        cfg = (_PLANET_OVERLAYS if planet else _OVERLAYS)[name](cfg)
+    cfg.preset = "+".join([base] + overlays)
     return cfg
 
 
@@ -300,18 +383,66 @@ def _debug(cfg: Config) -> Config:
     )
 
 
+def _episode_steps(env: str) -> int | None:
+    """T of a ``dmc:*`` reward task at PlaNet's action repeat (agent steps), else None."""
+    if not env.startswith("dmc:"):
+        return None
+    from pixelplan.envs.dmc import ACTION_REPEAT, DEFAULT_ACTION_REPEAT, EPISODE_ENV_STEPS
+    domain = env[len("dmc:"):].split("-", 1)[0]
+    return EPISODE_ENV_STEPS // ACTION_REPEAT.get(domain, DEFAULT_ACTION_REPEAT)
+
+
+#: T assumed for the schedules of PlaNet's presets on an env that is not ``dmc:*``
+PLANET_DEFAULT_T = 250
+
+
+def _planet_paper(env: str) -> Config:
+    """Appendix A: S = 5 seed episodes, then C = 100 updates per collected episode, for 1000
+    episodes (table 1); one env; single frames (the RSSM remembers); every episode kept."""
+    t = _episode_steps(env) or PLANET_DEFAULT_T
+    return Config(
+        env=env, agent="planet", env_options={"task": "reward"} if env.startswith("dmc:") else {},
+        steps=1000 * t, frame_stack=1, replay_capacity=1000 * (t + 1), n_envs=1, env_workers=0,
+        min_steps_learn=0, seed_episodes=5, updates_per_episode=100,
+        eval_every=50 * t, eval_episodes=10, eval_video=True, checkpoint_every=10 * t, log_every=t)
+
+
+def _planet_cpu(cfg: Config) -> Config:
+    """What this project's 2-core CPU trains in about an hour (docs/planet.md): 100 episodes,
+    20 updates of 16 chunks per episode (PlaNet: 100 of 50), CEM with 300 candidates, 5
+    iterations and 30 elites (PlaNet: 1000, 10, 100)."""
+    t = _episode_steps(cfg.env) or PLANET_DEFAULT_T
+    return dataclasses.replace(
+        cfg, steps=100 * t, replay_capacity=100 * (t + 1), updates_per_episode=20, eval_every=10 * t,
+        checkpoint_every=5 * t,
+        planet=dataclasses.replace(cfg.planet, batch_size=16, candidates=300, iterations=5, elites=30))
+
+
+def _planet_debug(cfg: Config) -> Config:
+    """Every PlaNet code path in seconds: tiny model sizes (the conv nets keep their shape),
+    short chunks, a small CEM, two envs side by side."""
+    return dataclasses.replace(
+        cfg, steps=600, replay_capacity=2_000, n_envs=2, seed_episodes=1, updates_per_episode=2,
+        eval_every=300, eval_episodes=2, checkpoint_every=300, log_every=100,
+        planet=dataclasses.replace(cfg.planet, deter=16, stoch=4, hidden=16, batch_size=4, chunk_length=8,
+                                   horizon=4, iterations=2, candidates=16, elites=4, openloop_videos=2))
+
+
 _BASES = {"paper": _paper, "gridworld": _gridworld}
 _OVERLAYS = {"debug": _debug}
+_PLANET_OVERLAYS = {"debug": _planet_debug, "cpu": _planet_cpu}
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-_SECTIONS = {"shared": SharedConfig, "glamor": GlamorConfig, "gcsl": GcslConfig, "discern": DiscernConfig}
+_SECTIONS = {"shared": SharedConfig, "glamor": GlamorConfig, "gcsl": GcslConfig, "discern": DiscernConfig,
+             "planet": PlanetConfig}
 
-#: the config sections each agent reads, besides the run settings and ``shared``
-AGENT_SECTIONS = {"glamor": ("glamor",), "gcsl": ("gcsl",), "discern": ("discern",), "random": ()}
+#: the config sections each agent reads, besides the run settings (and ``shared``, except PlaNet)
+AGENT_SECTIONS = {"glamor": ("shared", "glamor"), "gcsl": ("shared", "gcsl"), "discern": ("shared", "discern"),
+                  "planet": ("planet",), "random": ("shared",)}
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -354,14 +485,15 @@ RESUMABLE_FIELDS = {"steps", "out", "device", "threads", "env_workers", "eval_ev
                     "checkpoint_every", "log_every", "progress", "label",
                     "keep_previous_checkpoint", "preset", "dataset", "dataset_memory", "updates",
                     "eval_every_updates", "checkpoint_every_updates", "log_every_updates",
-                    "shared.precision", "glamor.lstm_buckets"}
+                    "shared.precision", "glamor.lstm_buckets", "planet.precision", "eval_video",
+                    "planet.openloop_videos", "planet.openloop_context"}
 
 
 def incompatible_fields(saved: Config, new: Config) -> list[str]:
     """Dotted names of the fields whose values make ``new`` unable to resume ``saved``: the
     run settings, ``shared``, and the section of the agent trained (only those it reads)."""
     a, b = to_dict(saved), to_dict(new)
-    read = {"shared", *AGENT_SECTIONS.get(saved.agent, tuple(_SECTIONS))}
+    read = set(AGENT_SECTIONS.get(saved.agent, tuple(_SECTIONS)))
     diffs = []
     for key in sorted(set(a) | set(b)):
         if key in RESUMABLE_FIELDS or (key in _SECTIONS and key not in read and saved.agent == new.agent):
@@ -414,6 +546,11 @@ def validate(cfg: Config) -> None:
     need(0 <= g.plan_ema < 1, f"glamor.plan_ema is a decay and must be in [0, 1) (0 = off), got {g.plan_ema}")
     need(g.clip_logp is None or g.clip_logp <= 0,
          f"glamor.clip_logp is a log-probability floor and must be <= 0, got {g.clip_logp}")
+    need(cfg.seed_episodes >= 0, f"seed_episodes must be >= 0, got {cfg.seed_episodes}")
+    need(cfg.updates_per_episode is None or cfg.updates_per_episode >= 0,
+         f"updates_per_episode must be >= 0, or None to train during rounds at replay_ratio, "
+         f"got {cfg.updates_per_episode}")
+    _validate_planet(cfg.planet, need)
     d = cfg.discern
     need(d.embed_size >= 1, f"discern.embed_size must be >= 1, got {d.embed_size}")
     need(d.decoys >= 1, f"discern.decoys must be >= 1, got {d.decoys}")
@@ -423,3 +560,24 @@ def validate(cfg: Config) -> None:
     need(0 < d.discount <= 1, f"discern.discount must be in (0, 1], got {d.discount}")
     need(d.target_update >= 1, f"discern.target_update must be >= 1, got {d.target_update}")
     need(d.pairs_capacity >= 1, f"discern.pairs_capacity must be >= 1, got {d.pairs_capacity}")
+
+
+def _validate_planet(p: PlanetConfig, need) -> None:
+    need(p.model in ("rssm", "deterministic", "stochastic"),
+         f"planet.model must be rssm, deterministic or stochastic, got {p.model!r}")
+    for name in ("deter", "stoch", "hidden", "batch_size", "horizon", "iterations", "candidates", "elites"):
+        need(getattr(p, name) >= 1, f"planet.{name} must be >= 1, got {getattr(p, name)}")
+    need(p.elites <= p.candidates, f"planet.elites ({p.elites}) must not exceed planet.candidates ({p.candidates})")
+    need(p.chunk_length >= 2, f"planet.chunk_length must be >= 2 frames, got {p.chunk_length}")
+    need(p.free_nats >= 0, f"planet.free_nats must be >= 0, got {p.free_nats}")
+    need(p.overshooting >= 0, f"planet.overshooting must be >= 0 (0 = off), got {p.overshooting}")
+    need(p.overshooting_beta >= 0, f"planet.overshooting_beta must be >= 0, got {p.overshooting_beta}")
+    need(p.lr > 0 and p.adam_eps > 0 and p.grad_clip > 0,
+         f"planet.lr, adam_eps and grad_clip must be > 0, got {p.lr}, {p.adam_eps}, {p.grad_clip}")
+    need(p.explore_noise >= 0, f"planet.explore_noise must be >= 0, got {p.explore_noise}")
+    need(p.planner in ("cem", "random_shooting"), f"planet.planner must be cem or random_shooting, got {p.planner!r}")
+    need(p.collect in ("planner", "random"), f"planet.collect must be planner or random, got {p.collect!r}")
+    need(p.precision in ("auto", "fp32", "bf16"), f"planet.precision must be auto, fp32 or bf16, got {p.precision!r}")
+    need(p.openloop_videos >= 0 and p.openloop_context >= 1,
+         f"planet.openloop_videos must be >= 0 and openloop_context >= 1, got {p.openloop_videos}, "
+         f"{p.openloop_context}")

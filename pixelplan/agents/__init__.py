@@ -22,12 +22,17 @@ def _discern(cfg, spec, device, seed):
     return DiscernAgent(cfg, spec, device, seed)
 
 
+def _planet(cfg, spec, device, seed):
+    from pixelplan.agents.planet import PlanetAgent
+    return PlanetAgent(cfg, spec, device, seed)
+
+
 def _random(cfg, spec, device, seed):
     from pixelplan.agents.random import RandomAgent
     return RandomAgent(cfg, spec, device, seed)
 
 
-AGENTS = {"glamor": _glamor, "gcsl": _gcsl, "discern": _discern, "random": _random}
+AGENTS = {"glamor": _glamor, "gcsl": _gcsl, "discern": _discern, "planet": _planet, "random": _random}
 
 
 def make_agent(name: str, cfg, spec: EnvSpec, device, seed: int) -> Agent:

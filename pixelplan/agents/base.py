@@ -17,10 +17,14 @@ The calls, in the order a driver makes them (docs/agents.md):
   and hands it to ``update``, at a replay ratio counted in the sampler's
   ``samples_per_batch``. The driver reads no agent hyperparameter.
 * ``log_values(env_steps)``: figures the agent adds to each training log line.
+* ``diagnostics(store, out, env_steps)``: at each evaluation, files the agent writes into the
+  run directory ``out`` (PlaNet's open-loop video predictions) and figures it adds to the
+  evaluation record. It must not draw from a random stream that training uses (resuming a
+  run must train exactly as an uninterrupted one).
 * ``state_dict()`` / ``load_state_dict()``: weights, optimiser, RNG and counters, for
   checkpoints and exact resume.
 
-``Learner`` is the optimiser step every learning agent shares (GLAMOR, GCSL, DISCERN).
+``Learner`` is the optimiser step every learning agent shares (GLAMOR, GCSL, DISCERN, PlaNet).
 """
 
 from __future__ import annotations
@@ -80,6 +84,8 @@ class Agent(Protocol):
 
     def log_values(self, env_steps: int) -> dict[str, float]: ...
 
+    def diagnostics(self, store, out, env_steps: int) -> dict[str, float]: ...
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
@@ -104,6 +110,11 @@ class AgentBase:
         """Figures the agent adds to each training log line (e.g. its collection epsilon)."""
         return {}
 
+    def diagnostics(self, store, out, env_steps: int) -> dict[str, float]:
+        """Files written into the run directory ``out`` at an evaluation, and figures for its
+        record (none by default)."""
+        return {}
+
 
 def batch_rows(rows: np.ndarray | None, n: int) -> np.ndarray:
     """The env row ids of a batch of ``n`` (default: 0..n-1), checked to be one per row."""
@@ -126,9 +137,10 @@ class Learner:
     merges them into its own and older checkpoints still load.
     """
 
-    def __init__(self, params, lr: float, weight_decay: float, grad_clip: float):
+    def __init__(self, params, lr: float, weight_decay: float, grad_clip: float, eps: float = 1e-8):
         self.params = list(params)
-        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        # AdamW with weight_decay 0 is Adam (PlaNet's optimiser, with its eps 1e-4)
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay, eps=eps)
         self.grad_clip = grad_clip
         self.updates = 0
 

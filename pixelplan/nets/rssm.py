@@ -25,12 +25,30 @@ the agent lands, issue 15). Names follow ARCHITECTURE.md: the deterministic stat
   known trap: clipping the KL after averaging grants far more than 3 nats per step.)
 * A window of a sequence sampler starts anywhere in an episode: its first state is inferred
   from a zero state and a zero action, as the paper's chunks are.
+
+The paper's other transition models (figure 4), ``RSSM(kind=...)``:
+
+* ``"deterministic"`` (the paper's GRU): the same network with every latent its mean and unit
+  standard deviation, so a transition is a deterministic function of the state and the action.
+  The posterior still reads the image (that is how observations enter the state); the KL
+  between unit-variance Gaussians is half the squared distance of the means, the consistency
+  term that trains the transition to predict what the posterior infers (with the free nats).
+* ``"stochastic"`` (the paper's SSM): no recurrence: ``h' = relu(W2 relu(W [z_stoch, a]))`` is
+  a hidden layer of this step only, and the decoder and reward model read ``z_stoch`` alone,
+  so all memory lives in the 30 stochastic dims.
+
+Latent overshooting (equation 7, ``WorldModel(overshooting=D)``): besides the one-step KL, the
+priors predicted ``d = 2..D`` steps ahead from each posterior are pulled towards the posterior
+at their step, with weight ``beta`` (the same for every ``d > 1``, as in the paper), the
+posterior's gradient stopped for ``d > 1`` (the paper's practice), each KL clipped at the free
+nats per step like the one-step term, and the sum over ``d`` divided by ``D``. ``D <= 1`` is
+the standard bound (equation 3), the paper's final agent.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -41,6 +59,9 @@ BITS = 5
 #: the floor of the latent standard deviations
 MIN_STD = 0.1
 LOG_2PI = 1.8378770664093453   # log(2 pi)
+#: the transition models of the paper's figure 4
+Kind = Literal["rssm", "deterministic", "stochastic"]
+KINDS = ("rssm", "deterministic", "stochastic")
 
 
 def preprocess(frames: torch.Tensor, bits: int = BITS, noise: bool = True,
@@ -127,21 +148,37 @@ def _gaussian(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class RSSM(nn.Module):
-    """The recurrent state-space model: a GRU path ``h`` and a Gaussian path ``z_stoch``."""
+    """The recurrent state-space model: a GRU path ``h`` and a Gaussian path ``z_stoch``
+    (``kind="rssm"``), or one of the paper's two ablations (see the module doc)."""
 
-    def __init__(self, action_dim: int, sizes: RSSMSizes = RSSMSizes()):
+    def __init__(self, action_dim: int, sizes: RSSMSizes = RSSMSizes(), kind: Kind = "rssm"):
         super().__init__()
-        self.sizes, self.action_dim = sizes, int(action_dim)
+        if kind not in KINDS:
+            raise ValueError(f"unknown transition model {kind!r}; choose one of {', '.join(KINDS)}")
+        self.sizes, self.action_dim, self.kind = sizes, int(action_dim), kind
         s = sizes
         self.inp = nn.Linear(s.stoch + self.action_dim, s.hidden)
-        self.cell = nn.GRUCell(s.hidden, s.deter)
+        if kind == "stochastic":      # no memory but z_stoch: h is this step's hidden layer
+            self.cell = nn.Linear(s.hidden, s.deter)
+        else:
+            self.cell = nn.GRUCell(s.hidden, s.deter)
         self.prior_net = nn.Sequential(nn.Linear(s.deter, s.hidden), nn.ReLU(), nn.Linear(s.hidden, 2 * s.stoch))
         self.post_net = nn.Sequential(nn.Linear(s.deter + s.embed, s.hidden), nn.ReLU(),
                                       nn.Linear(s.hidden, 2 * s.stoch))
 
     @property
     def feature_dim(self) -> int:
-        return self.sizes.deter + self.sizes.stoch
+        return self.sizes.stoch if self.kind == "stochastic" else self.sizes.deter + self.sizes.stoch
+
+    def features(self, state: State) -> torch.Tensor:
+        """What the decoder and the reward model read: [h, z_stoch], or z_stoch alone (SSM)."""
+        return state.z_stoch if self.kind == "stochastic" else state.features()
+
+    def _latent(self, params: torch.Tensor, generator: torch.Generator | None):
+        mean, std = _gaussian(params)
+        if self.kind == "deterministic":
+            return mean, torch.ones_like(std), mean
+        return mean, std, mean + std * _noise(mean, generator)
 
     def initial(self, batch: int, device=None) -> State:
         """The zero state a window (or an episode) starts from."""
@@ -152,14 +189,14 @@ class RSSM(nn.Module):
     def prior_step(self, state: State, action: torch.Tensor, generator: torch.Generator | None = None) -> State:
         """p(z_stoch' | h'), h' = GRU(relu(W [z_stoch, a]), h): one step without an image."""
         x = F.relu(self.inp(torch.cat([state.z_stoch, action], -1)))
-        h = self.cell(x, state.h)
-        mean, std = _gaussian(self.prior_net(h))
-        return State(h, mean + std * _noise(mean, generator), mean, std)
+        h = F.relu(self.cell(x)) if self.kind == "stochastic" else self.cell(x, state.h)
+        mean, std, z = self._latent(self.prior_net(h), generator)
+        return State(h, z, mean, std)
 
     def posterior(self, prior: State, embed: torch.Tensor, generator: torch.Generator | None = None) -> State:
         """q(z_stoch | h, e): the same ``h`` as the prior, the image's embedding added."""
-        mean, std = _gaussian(self.post_net(torch.cat([prior.h, embed], -1)))
-        return State(prior.h, mean + std * _noise(mean, generator), mean, std)
+        mean, std, z = self._latent(self.post_net(torch.cat([prior.h, embed], -1)), generator)
+        return State(prior.h, z, mean, std)
 
     def observe(self, embeds: torch.Tensor, actions: torch.Tensor, start: State | None = None,
                 generator: torch.Generator | None = None) -> tuple[State, State]:
@@ -228,28 +265,93 @@ def unit_gaussian_nll(mean: torch.Tensor, target: torch.Tensor, event_dims: int)
 
 
 class WorldModel(nn.Module):
-    """Encoder, RSSM, decoder and reward model, and the loss of equation 3 on a batch of windows."""
+    """Encoder, RSSM, decoder and reward model, and the loss of equation 3 (or 7) on windows.
 
-    def __init__(self, action_dim: int, sizes: RSSMSizes = RSSMSizes(), free_nats: float = 3.0):
+    ``low_precision``: run the encoder's and the decoder's convolutions in bf16 (autocast); the
+    RSSM, the reward model, every loss term and the decoder's output stay fp32. The caller
+    decides where bf16 is native (``pixelplan.nets.encoders.resolve_precision``)."""
+
+    def __init__(self, action_dim: int, sizes: RSSMSizes = RSSMSizes(), free_nats: float = 3.0,
+                 kind: Kind = "rssm", overshooting: int = 0, overshooting_beta: float = 1.0,
+                 low_precision: bool = False):
         super().__init__()
         self.encoder = ConvEncoder()
-        self.rssm = RSSM(action_dim, RSSMSizes(sizes.deter, sizes.stoch, sizes.hidden, ConvEncoder.out_dim))
+        self.rssm = RSSM(action_dim, RSSMSizes(sizes.deter, sizes.stoch, sizes.hidden, ConvEncoder.out_dim), kind)
         self.decoder = ConvDecoder(self.rssm.feature_dim)
         self.reward = RewardModel(self.rssm.feature_dim, sizes.hidden)
         self.free_nats = float(free_nats)
+        self.overshooting, self.overshooting_beta = int(overshooting), float(overshooting_beta)
+        self.low_precision = bool(low_precision)
+
+    def _autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.low_precision)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images (..., 3, 64, 64) -> fp32 embeddings (..., 1024)."""
+        with self._autocast(images.device):
+            return self.encoder(images).float()
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """Features (..., F) -> fp32 image means (..., 3, 64, 64)."""
+        with self._autocast(features.device):
+            return self.decoder(features).float()
 
     def loss(self, frames: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Equation 3 on windows: ``frames`` uint8 (B, L, 64, 64, 3), ``actions`` (B, L - 1, A)
         with ``actions[:, t]`` taken at frame t, ``rewards`` (B, L - 1) returned for them. Frame
         t + 1's state predicts ``rewards[:, t]``. Terms: reconstruction NLL summed over pixels
-        and reward NLL, each averaged over their steps, plus the free-nats KL."""
+        and reward NLL, each averaged over their steps, plus the free-nats KL (and latent
+        overshooting's terms when ``overshooting`` > 1)."""
         images = preprocess(frames, generator=generator)
-        priors, posts = self.rssm.observe(self.encoder(images), actions.float(), generator=generator)
-        features = posts.features()
-        recon = unit_gaussian_nll(self.decoder(features), images, 3).mean()
+        actions = actions.float()
+        priors, posts = self.rssm.observe(self.embed(images), actions, generator=generator)
+        features = self.rssm.features(posts)
+        recon = unit_gaussian_nll(self.decode(features), images, 3).mean()
         reward = unit_gaussian_nll(self.reward(features[:, 1:]), rewards.float(), 0).mean()
         kl = free_nats_kl(posts, priors, self.free_nats)
+        metrics = {}
+        if self.overshooting > 1:
+            far = self.overshooting_kl(posts, actions, generator)
+            metrics["kl_overshooting"] = far.item()
+            kl = (kl + self.overshooting_beta * far) / self.overshooting
         loss = recon + reward + kl
         return loss, {"loss": loss.item(), "recon_nll": recon.item(), "reward_nll": reward.item(), "kl": kl.item(),
-                      "kl_unclipped": gaussian_kl(posts, priors).mean().item()}
+                      "kl_unclipped": gaussian_kl(posts, priors).mean().item(), **metrics}
+
+    def overshooting_kl(self, posts: State, actions: torch.Tensor,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latent overshooting's terms for d = 2..D: sum over d of the mean over (batch, t) of
+        max(KL(sg(q_t) || p(s_t | s_{t-d})), free nats), the d-step priors rolled from the
+        posteriors d steps back through the window's actions."""
+        length = posts.h.shape[1]
+        state = State(*(x[:, :-1] for x in posts))                  # starts t = 0..L-2
+        total = posts.h.new_zeros(())
+        for d in range(1, min(self.overshooting, length - 1) + 1):
+            n = length - d                                          # starts whose target t + d is in the window
+            state = State(*(x[:, :n] for x in state))
+            flat = State(*(x.reshape(-1, x.shape[-1]) for x in state))
+            step = actions[:, d - 1:d - 1 + n].reshape(-1, actions.shape[-1])
+            state = State(*(x.reshape(len(posts.h), n, -1) for x in self.rssm.prior_step(flat, step, generator)))
+            if d >= 2:
+                target = State(*(x[:, d:d + n].detach() for x in posts))
+                total = total + free_nats_kl(target, state, self.free_nats)
+        return total
+
+    @torch.no_grad()
+    def open_loop(self, frames: torch.Tensor, actions: torch.Tensor, context: int = 5,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """Open-loop video prediction: filter the first ``context`` frames of ``frames`` uint8
+        (B, L, 64, 64, 3), then roll the prior through the remaining actions (B, L - 1, A) and
+        decode. Returns uint8 (B, L, 64, 64, 3): the posterior's reconstructions for the
+        context frames, the model's predictions after them (5-bit bins, for viewing)."""
+        images = preprocess(frames, noise=False)
+        actions = actions.float()
+        context = max(1, min(context, frames.shape[1]))
+        _, posts = self.rssm.observe(self.embed(images[:, :context]), actions[:, :context - 1], generator=generator)
+        parts = [self.decode(self.rssm.features(posts))]
+        if context < frames.shape[1]:
+            last = State(*(x[:, -1] for x in posts))
+            imagined = self.rssm.imagine(last, actions[:, context - 1:], generator=generator)
+            parts.append(self.decode(self.rssm.features(imagined)))
+        return postprocess(torch.cat(parts, 1))

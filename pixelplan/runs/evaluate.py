@@ -38,6 +38,7 @@ class EvalResult:
     final_frames: np.ndarray             # (episodes, *frame_shape)
     goal_index: np.ndarray | None        # (episodes,) which goal of the set, goal tasks
     extra: dict = field(default_factory=dict)
+    video: np.ndarray | None = None      # (steps + 1, *frame_shape): episode 0's frames, when recorded
 
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -60,7 +61,8 @@ def evaluation_episodes(goals: list | None, requested: int | None = None) -> int
 
 
 def evaluate(agent: Agent, make_env: Callable[[], object], goals: list | None, episodes: int | None = None,
-             batch: int = 64, eval_seed: int = 10_000, pool: EnvPool | None = None) -> EvalResult:
+             batch: int = 64, eval_seed: int = 10_000, pool: EnvPool | None = None,
+             record: bool = False) -> EvalResult:
     """Run ``episodes`` evaluation episodes: on a goal task one per goal by default, cycling
     through ``goals``; on a reward task (``goals`` None) ``REWARD_EVAL_EPISODES`` by default.
 
@@ -77,7 +79,7 @@ def evaluate(agent: Agent, make_env: Callable[[], object], goals: list | None, e
     pool = EnvPool(make_env, min(batch, episodes)) if own else pool
     try:
         size = len(pool)
-        parts = [_run_chunk(agent, pool, goals, range(s, min(s + size, episodes)), eval_seed)
+        parts = [_run_chunk(agent, pool, goals, range(s, min(s + size, episodes)), eval_seed, record and s == 0)
                  for s in range(0, episodes, size)]
     finally:
         if own:
@@ -87,10 +89,11 @@ def evaluate(agent: Agent, make_env: Callable[[], object], goals: list | None, e
         return None if any(p[key] is None for p in parts) else np.concatenate([p[key] for p in parts])
 
     return EvalResult(steps=cat("steps"), returns=cat("returns"), success=cat("success"), optimal=cat("optimal"),
-                      goal_frames=cat("goal_frames"), final_frames=cat("final_frames"), goal_index=cat("goal_index"))
+                      goal_frames=cat("goal_frames"), final_frames=cat("final_frames"), goal_index=cat("goal_index"),
+                      video=parts[0]["video"])
 
 
-def _run_chunk(agent, pool: EnvPool, goals, episode_ids, eval_seed) -> dict:
+def _run_chunk(agent, pool: EnvPool, goals, episode_ids, eval_seed, record: bool = False) -> dict:
     n = len(episode_ids)
     rows = np.arange(n)
     chosen = goal_index = goal_frames = None
@@ -99,6 +102,7 @@ def _run_chunk(agent, pool: EnvPool, goals, episode_ids, eval_seed) -> dict:
         chosen = [goals[g] for g in goal_index]
         goal_frames = np.stack([g.frame for g in chosen])
     first, infos = pool.reset(rows, [eval_seed + e for e in episode_ids])
+    video = [first[0].copy()] if record else None
     stacks = RowStacks(n, agent.spec.frame_stack, agent.spec.frame_shape)
     obs = stacks.start(rows, first)
     start_features = [info.get("features") for info in infos]
@@ -117,6 +121,8 @@ def _run_chunk(agent, pool: EnvPool, goals, episode_ids, eval_seed) -> dict:
         if len(go):
             new_frames, rewards, terminated, truncated, step_infos = pool.step(go, decision.actions[~stop])
             stacks.push(go, new_frames)
+            if video is not None and go[0] == 0:
+                video.append(new_frames[0].copy())
             returns[go] += rewards
             for j, i in enumerate(go):
                 features[i] = step_infos[j].get("features")
@@ -132,4 +138,5 @@ def _run_chunk(agent, pool: EnvPool, goals, episode_ids, eval_seed) -> dict:
         if all(b is not None for b in best):
             optimal = success & (t == np.array(best))
     return {"success": success, "steps": t.copy(), "returns": returns, "optimal": optimal,
-            "goal_frames": goal_frames, "final_frames": final_frames, "goal_index": goal_index}
+            "goal_frames": goal_frames, "final_frames": final_frames, "goal_index": goal_index,
+            "video": None if video is None else np.stack(video)}

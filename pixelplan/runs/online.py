@@ -13,9 +13,12 @@ checkpoint before last is kept as a fallback; a full disk keeps the last checkpo
 says how much space is needed; SIGINT or SIGTERM saves a checkpoint at the end of the
 current round and exits (``RunInterrupted``).
 
-Replay ratio (:class:`~pixelplan.runs.schedule.ReplayRatio`): from ``min_steps_learn`` on, the
-samples trained on (updates x the agent's ``sampler.samples_per_batch``) stay at
-``replay_ratio`` x the env steps collected since, checked after every vector step.
+Replay ratio (:class:`~pixelplan.runs.schedule.ReplayRatio`): from ``min_steps_learn`` on (and
+once ``seed_episodes`` episodes are stored), the samples trained on (updates x the agent's
+``sampler.samples_per_batch``) stay at ``replay_ratio`` x the env steps collected since,
+checked after every vector step. With ``updates_per_episode`` set, training happens between
+rounds instead (PlaNet's Algorithm 1): after each round that ends with training started, that
+many updates per episode of the round, the model fixed while an episode is collected.
 
 Nothing in here is specific to one agent: it uses the contract of ``agents/base.py`` only
 (hooks at each episode's start and end, ``act``, the agent's ``sampler`` and ``update``), and
@@ -44,6 +47,7 @@ from pixelplan.runs.evaluate import EvalResult, evaluate, evaluation_episodes
 from pixelplan.runs.logging import read_metrics
 from pixelplan.runs.rundir import RunLock, remove_stale_temporaries
 from pixelplan.runs.schedule import ReplayRatio, RunInterrupted, StopOnSignal, next_due
+from pixelplan.video import write_gif
 
 EVAL_BATCH = 64  # evaluation episodes run side by side
 
@@ -181,7 +185,7 @@ class OnlineRun:
             t[live] += 1
             done[live] = terminated | truncated
             state.env_steps += len(live)
-            if self.store is not None:
+            if self.store is not None and self.cfg.updates_per_episode is None:
                 self.train_due()
         episodes = [(np.stack(f), np.array(a, dtype=spec.action_dtype).reshape(len(a), *spec.action_shape),
                      np.array(r, dtype=np.float32)) for f, a, r in zip(frames, actions, rewards)]
@@ -190,12 +194,22 @@ class OnlineRun:
                 self.store.add_episode(*ep)
         agent.end_episodes(rows, np.stack([ep[0][-1] for ep in episodes]), goals, explore=True)
         state.episodes += n
+        if self.store is not None and self.cfg.updates_per_episode is not None and self.learning():
+            self.train(self.cfg.updates_per_episode * n)
+
+    def learning(self) -> bool:
+        """Whether training has started: min_steps_learn steps and seed_episodes episodes collected."""
+        return (self.state.env_steps >= self.cfg.min_steps_learn and self.state.episodes >= self.cfg.seed_episodes
+                and self.store.num_frames > 0)
 
     def train_due(self) -> None:
-        """The updates the replay ratio asks for now, each on a batch from the agent's sampler."""
-        if self.store.num_frames == 0:
-            return
-        for _ in range(self.ratio.due(self.state.env_steps, self.state.updates)):
+        """The updates the replay ratio asks for now."""
+        if self.learning():
+            self.train(self.ratio.due(self.state.env_steps, self.state.updates))
+
+    def train(self, updates: int) -> None:
+        """``updates`` updates, each on a batch from the agent's sampler."""
+        for _ in range(updates):
             self.train_metrics.append(self.agent.update(self.agent.sampler.sample(self.store, self.rng)))
             self.state.updates += 1
 
@@ -218,9 +232,15 @@ class OnlineRun:
         if self.eval_pool is None:
             episodes = evaluation_episodes(self.eval_goals, cfg.eval_episodes)
             self.eval_pool = EnvPool(self.factory, min(EVAL_BATCH, episodes), env_workers(cfg))
-        result = evaluate(self.agent, self.factory, self.eval_goals, cfg.eval_episodes, pool=self.eval_pool)
+        result = evaluate(self.agent, self.factory, self.eval_goals, cfg.eval_episodes, pool=self.eval_pool,
+                          record=cfg.eval_video)
         self.last_eval = result.metrics()
-        self.log.log(self.state.env_steps, "eval", {**self.last_eval, "wall_seconds": self.wall()})
+        step = self.state.env_steps
+        if result.video is not None:
+            write_gif(self.out / "videos" / f"eval_{step:09d}.gif", result.video)
+        extra = self.agent.diagnostics(self.store, self.out, step)
+        self.log.log(step, "eval", {**self.last_eval, **extra, "episodes": self.state.episodes,
+                                    "wall_seconds": self.wall()})
         shown = headline(self.last_eval)
         if self.bar is not None and shown is not None:
             self.bar.set_postfix({shown[0].replace("_rate", "").replace("mean_", ""): f"{shown[1]:.2f}"},
