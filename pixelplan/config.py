@@ -187,6 +187,9 @@ class PlanetConfig:
     """dims of the diagonal-Gaussian stochastic state"""
     hidden: int = 200
     """width of the fully connected layers (two per function)"""
+    cnn_depth: int = 32
+    """base width of the conv encoder and decoder (Ha & Schmidhuber's 32: 32, 64, 128, 256
+    channels); the debug preset shrinks it"""
     free_nats: float = 3.0
     """the KL per time step (summed over latent dims) is clipped below at this value"""
     overshooting: int = 0
@@ -419,12 +422,12 @@ def _planet_cpu(cfg: Config) -> Config:
 
 
 def _planet_debug(cfg: Config) -> Config:
-    """Every PlaNet code path in seconds: tiny model sizes (the conv nets keep their shape),
+    """Every PlaNet code path in seconds: tiny model sizes (the conv nets keep their layers),
     short chunks, a small CEM, two envs side by side."""
     return dataclasses.replace(
         cfg, steps=600, replay_capacity=2_000, n_envs=2, seed_episodes=1, updates_per_episode=2,
         eval_every=300, eval_episodes=2, checkpoint_every=300, log_every=100,
-        planet=dataclasses.replace(cfg.planet, deter=16, stoch=4, hidden=16, batch_size=4, chunk_length=8,
+        planet=dataclasses.replace(cfg.planet, deter=16, stoch=4, hidden=16, cnn_depth=4, batch_size=4, chunk_length=8,
                                    horizon=4, iterations=2, candidates=16, elites=4, openloop_videos=2))
 
 
@@ -565,7 +568,7 @@ def validate(cfg: Config) -> None:
 def _validate_planet(p: PlanetConfig, need) -> None:
     need(p.model in ("rssm", "deterministic", "stochastic"),
          f"planet.model must be rssm, deterministic or stochastic, got {p.model!r}")
-    for name in ("deter", "stoch", "hidden", "batch_size", "horizon", "iterations", "candidates", "elites"):
+    for name in ("deter", "stoch", "hidden", "cnn_depth", "batch_size", "horizon", "iterations", "candidates", "elites"):
         need(getattr(p, name) >= 1, f"planet.{name} must be >= 1, got {getattr(p, name)}")
     need(p.elites <= p.candidates, f"planet.elites ({p.elites}) must not exceed planet.candidates ({p.candidates})")
     need(p.chunk_length >= 2, f"planet.chunk_length must be >= 2 frames, got {p.chunk_length}")

@@ -90,3 +90,58 @@ def test_the_world_model_loss_trains_on_a_fixed_batch():
         losses.append(metrics["loss"])
     assert metrics["kl"] >= 3.0 and set(metrics) >= {"recon_nll", "reward_nll", "kl"}
     assert losses[-1] < losses[0]
+
+
+def test_latent_overshooting_against_a_hand_rollout():
+    """Equation 7 with D = 3 on the deterministic model (no sampling, so a hand rollout is exact):
+    for d = 2, 3 the prior rolled d steps from each posterior is compared with the posterior d
+    steps later (its gradient stopped), clipped at the free nats per step, averaged, summed
+    over d; the loss is (one-step KL + beta x that) / D."""
+    torch.manual_seed(0)
+    rssm = RSSM(2, RSSMSizes(deter=8, stoch=3, hidden=8, embed=6), kind="deterministic")
+    model = WorldModel(2, SMALL, free_nats=0.05, kind="deterministic", overshooting=3, overshooting_beta=0.5)
+    model.rssm = rssm
+    embeds, actions = torch.randn(2, 6, 6), torch.randn(2, 5, 2)
+    _, posts = rssm.observe(embeds, actions)
+    expected = 0.0
+    for d in (2, 3):
+        per_start = []
+        for t in range(6 - d):
+            start = State(*(x[:, t] for x in posts))
+            prior = State(*(x[:, -1] for x in rssm.imagine(start, actions[:, t:t + d])))
+            target = State(*(x[:, t + d] for x in posts))
+            per_start.append(torch.clamp(gaussian_kl(target, prior), min=0.05))
+        expected += torch.stack(per_start, 1).mean()
+    got = model.overshooting_kl(posts, actions)
+    assert torch.allclose(got, expected, atol=1e-6)
+    # The posterior targets get no gradient from these terms: the last frame's embedding is only
+    # ever a target (never a start), so its gradient is zero; the first frame's (a start) is not.
+    embeds.requires_grad_()
+    _, posts = rssm.observe(embeds, actions)
+    model.overshooting_kl(posts, actions).backward()
+    assert embeds.grad[:, -1].abs().sum() == 0 and embeds.grad[:, 0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["deterministic", "stochastic"])
+def test_the_papers_other_transition_models(kind):
+    """GRU alone: every latent is its mean with unit std, so rollouts are deterministic. SSM
+    alone: no memory but z_stoch (h is this step's hidden layer), features are z_stoch."""
+    torch.manual_seed(0)
+    rssm = RSSM(2, RSSMSizes(deter=16, stoch=4, hidden=16, embed=8), kind=kind)
+    embeds, actions = torch.randn(3, 5, 8), torch.randn(3, 4, 2)
+    priors, posts = rssm.observe(embeds, actions, generator=torch.Generator().manual_seed(0))
+    if kind == "deterministic":
+        assert torch.equal(posts.z_stoch, posts.mean) and torch.equal(posts.std, torch.ones_like(posts.std))
+        again = rssm.observe(embeds, actions, generator=torch.Generator().manual_seed(1))[1]
+        assert torch.equal(again.z_stoch, posts.z_stoch)
+        assert rssm.feature_dim == 20
+    else:
+        assert rssm.feature_dim == 4 and torch.equal(rssm.features(posts), posts.z_stoch)
+        # No memory: the prior at t depends on the previous z_stoch and action only.
+        start = State(*(x[:, 1] for x in posts))
+        other = State(start.h + 100.0, start.z_stoch, start.mean, start.std)
+        a = rssm.prior_step(start, actions[:, 1], generator=torch.Generator().manual_seed(2))
+        b = rssm.prior_step(other, actions[:, 1], generator=torch.Generator().manual_seed(2))
+        assert torch.equal(a.mean, b.mean)
+    with pytest.raises(ValueError, match="unknown transition model"):
+        RSSM(2, kind="gru")

@@ -73,7 +73,7 @@ class PlanetAgent(AgentBase):
         self.precision = resolve_precision(p.precision, device)
         self.model = WorldModel(self.action_dim, RSSMSizes(p.deter, p.stoch, p.hidden), p.free_nats, kind=p.model,
                                 overshooting=p.overshooting, overshooting_beta=p.overshooting_beta,
-                                low_precision=self.precision == "bf16").to(device)
+                                low_precision=self.precision == "bf16", cnn_depth=p.cnn_depth).to(device)
         if self.precision == "bf16":     # the frames arrive channels-last: keep the convs in that layout
             self.model.encoder.to(memory_format=torch.channels_last)
             self.model.decoder.to(memory_format=torch.channels_last)

@@ -82,12 +82,13 @@ def postprocess(images: torch.Tensor, bits: int = BITS) -> torch.Tensor:
 
 
 class ConvEncoder(nn.Module):
-    """64x64x3 image -> 1024 features (Ha & Schmidhuber's encoder)."""
+    """64x64x3 image -> 32 x ``depth`` features (1024 at Ha & Schmidhuber's depth of 32)."""
 
     out_dim = 1024
 
     def __init__(self, channels: int = 3, depth: int = 32):
         super().__init__()
+        self.out_dim = 32 * depth
         layers, c = [], channels
         for mult in (1, 2, 4, 8):
             layers += [nn.Conv2d(c, depth * mult, 4, stride=2), nn.ReLU()]
@@ -269,15 +270,16 @@ class WorldModel(nn.Module):
 
     ``low_precision``: run the encoder's and the decoder's convolutions in bf16 (autocast); the
     RSSM, the reward model, every loss term and the decoder's output stay fp32. The caller
-    decides where bf16 is native (``pixelplan.nets.encoders.resolve_precision``)."""
+    decides where bf16 is native (``pixelplan.nets.encoders.resolve_precision``).
+    ``cnn_depth``: the conv nets' base width (32, the paper's; tests use less)."""
 
     def __init__(self, action_dim: int, sizes: RSSMSizes = RSSMSizes(), free_nats: float = 3.0,
                  kind: Kind = "rssm", overshooting: int = 0, overshooting_beta: float = 1.0,
-                 low_precision: bool = False):
+                 low_precision: bool = False, cnn_depth: int = 32):
         super().__init__()
-        self.encoder = ConvEncoder()
-        self.rssm = RSSM(action_dim, RSSMSizes(sizes.deter, sizes.stoch, sizes.hidden, ConvEncoder.out_dim), kind)
-        self.decoder = ConvDecoder(self.rssm.feature_dim)
+        self.encoder = ConvEncoder(depth=cnn_depth)
+        self.rssm = RSSM(action_dim, RSSMSizes(sizes.deter, sizes.stoch, sizes.hidden, self.encoder.out_dim), kind)
+        self.decoder = ConvDecoder(self.rssm.feature_dim, depth=cnn_depth)
         self.reward = RewardModel(self.rssm.feature_dim, sizes.hidden)
         self.free_nats = float(free_nats)
         self.overshooting, self.overshooting_beta = int(overshooting), float(overshooting_beta)
