@@ -123,3 +123,15 @@ def test_grid_diagnostics_on_a_saved_run(tmp_path):
     assert [c["third"] for c in result["coverage"]] == ["oldest", "middle", "newest"]
     assert all(0 <= c["mean"] <= 12 for c in result["coverage"])
     assert [(p["gamma"], p["trials"]) for p in result["planner"]] == [(0.3, 2)]
+
+
+def test_planet_speed_quick():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "planet_speed.py"), "--quick", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = _last_json(proc.stdout)
+    for rows in ("rows1", "rows10"):
+        _positive(result["cem"][rows], ("ms_per_decision", "gflop", "bound_ms"))
+    assert result["cem"]["size"]["transitions_per_row"] == 4 * 2 * 16      # the debug preset's CEM
+    _positive(result["update"]["fp32"], ("s_per_update", "gflop", "fraction_of_fp32_peak"))
+    assert result["update"]["batch"] == [4, 8]
