@@ -39,6 +39,7 @@ from pixelplan.runs.evaluate import evaluate, evaluation_episodes
 from pixelplan.runs.online import EVAL_BATCH, _mean, _write_figures
 from pixelplan.runs.rundir import RunLock, remove_stale_temporaries
 from pixelplan.runs.schedule import RunInterrupted, StopOnSignal, next_due
+from pixelplan.video import write_gif
 
 
 def dataset_config(cfg: Config) -> tuple[Config, dict]:
@@ -69,7 +70,7 @@ def train_offline(cfg: Config) -> dict:
     torch.manual_seed(cfg.seed)
     factory, probe, spec, agent, _ = prepare(cfg)
     if not agent.learns:
-        raise ValueError(f"agent {cfg.agent} does not learn: offline training needs glamor, gcsl or discern")
+        raise ValueError(f"agent {cfg.agent} does not learn: offline training needs a learning agent (glamor, gcsl, discern or planet)")
     frames = int(attrs["frames"])           # verified against the content by dataset_config
     where = store_location(cfg.dataset_memory, frames, spec.frame_shape, action_shape=spec.action_shape)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,9 +151,13 @@ def _offline_locked(cfg, out, started, factory, probe, spec, agent, frames, wher
                     if eval_pool is None:
                         episodes = evaluation_episodes(eval_goals, cfg.eval_episodes)
                         eval_pool = EnvPool(factory, min(EVAL_BATCH, episodes), env_workers(cfg))
-                    result = evaluate(agent, factory, eval_goals, cfg.eval_episodes, pool=eval_pool)
+                    result = evaluate(agent, factory, eval_goals, cfg.eval_episodes, pool=eval_pool,
+                                      record=cfg.eval_video)
                     last_eval = result.metrics()
-                    log.log(state.updates, "eval", {**last_eval, "wall_seconds": wall()})
+                    if result.video is not None:
+                        write_gif(out / "videos" / f"eval_{state.updates:09d}.gif", result.video)
+                    extra = agent.diagnostics(store, out, state.updates)
+                    log.log(state.updates, "eval", {**last_eval, **extra, "wall_seconds": wall()})
                     state.next_eval = next_due(state.next_eval, state.updates, cfg.eval_every_updates)
                     if final:
                         _write_figures(out, cfg, result)
