@@ -388,11 +388,8 @@ def _debug(cfg: Config) -> Config:
 
 def _episode_steps(env: str) -> int | None:
     """T of a ``dmc:*`` reward task at PlaNet's action repeat (agent steps), else None."""
-    if not env.startswith("dmc:"):
-        return None
-    from pixelplan.envs.dmc import ACTION_REPEAT, DEFAULT_ACTION_REPEAT, EPISODE_ENV_STEPS
-    domain = env[len("dmc:"):].split("-", 1)[0]
-    return EPISODE_ENV_STEPS // ACTION_REPEAT.get(domain, DEFAULT_ACTION_REPEAT)
+    from pixelplan.suites import dmc_reward_episode_steps
+    return dmc_reward_episode_steps(env)
 
 
 #: T assumed for the schedules of PlaNet's presets on an env that is not ``dmc:*``

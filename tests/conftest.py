@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,6 +41,18 @@ def with_glamor_values(cfg: config_lib.Config, **values) -> config_lib.Config:
     cfg.shared = dataclasses.replace(cfg.shared, **shared)
     cfg.glamor = dataclasses.replace(cfg.glamor, **values)
     return cfg
+
+
+def is_piece_of_an_episode(episodes: list[dict], frames, actions, rewards) -> bool:
+    """Whether a training window (frames, actions, rewards) is a contiguous piece of one of
+    ``episodes``, each a dict of the "frames", "actions" and "rewards" an env produced, in order."""
+    for ep in episodes:
+        f, a, r = np.stack(ep["frames"]), np.stack(ep["actions"]), np.array(ep["rewards"])
+        for p in range(len(f) - len(frames) + 1):
+            if (np.array_equal(f[p:p + len(frames)], frames) and np.array_equal(a[p:p + len(actions)], actions)
+                    and np.array_equal(r[p:p + len(rewards)], rewards)):
+                return True
+    return False
 
 
 @pytest.fixture

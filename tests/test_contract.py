@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import small_run_config
+from conftest import is_piece_of_an_episode, small_run_config
 from pixelplan import config as config_lib
 from pixelplan import envs
 from pixelplan.agents import Agent, Decision, EnvSpec, make_agent
@@ -354,16 +354,7 @@ def test_box_action_windows_trained_on_are_what_the_env_produced_through_the_rea
     episodes = [ep for eps in produced.values() for ep in eps if ep["actions"]]
     assert len(episodes) >= summary["episodes"]     # every stored episode was seen being made
 
-    def from_the_env(frames, actions, rewards) -> bool:
-        for ep in episodes:
-            f, a, r = np.stack(ep["frames"]), np.stack(ep["actions"]), np.array(ep["rewards"])
-            for p in range(len(f) - len(frames) + 1):
-                if (np.array_equal(f[p:p + len(frames)], frames) and np.array_equal(a[p:p + len(actions)], actions)
-                        and np.array_equal(r[p:p + len(rewards)], rewards)):
-                    return True
-        return False
-
     for batch in seen:
         assert batch.actions.dtype == np.float32 and batch.actions.shape == (6, 3, 2)
         for frames, actions, rewards in zip(batch.frames, batch.actions, batch.rewards):
-            assert from_the_env(frames, actions, rewards)
+            assert is_piece_of_an_episode(episodes, frames, actions, rewards)

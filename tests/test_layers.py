@@ -17,10 +17,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "pixelplan"
 
 # Lower rank = lower layer. A module may import its own package or a lower rank only.
-RANK = {"spec": -1, "config": 0, "envs": 0, "data": 0, "nets": 1, "planners": 2, "agents": 3, "runs": 4,
+RANK = {"spec": -1, "suites": -1, "video": 0, "config": 0, "envs": 0, "data": 0, "nets": 1, "planners": 2, "agents": 3, "runs": 4,
         "cli": 5, "__main__": 6, "__init__": 6}
-NO_TORCH = ("envs", "data", "config", "spec")
-NO_ENV = ("nets", "planners", "spec")
+NO_TORCH = ("envs", "data", "config", "spec", "suites", "video")
+NO_ENV = ("nets", "planners", "spec", "suites")
 ENV_LIBRARIES = ("gymnasium", "gym", "dm_control", "mujoco", "ale_py")
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import is_piece_of_an_episode
 from pixelplan import config as config_lib
 from pixelplan.agents import make_agent
 from pixelplan.envs.core import spec_of
@@ -112,19 +113,10 @@ def test_windows_trained_on_are_what_the_env_produced_on_the_papers_schedule(tmp
     seed_actions = np.concatenate([np.concatenate(ep["actions"]) for ep in train_eps[:4]])
     assert seed_actions.min() >= -1 and seed_actions.max() <= 1 and seed_actions.std() > 0.4   # uniform: std 0.58
 
-    def from_the_env(frames, actions, rewards) -> bool:
-        for ep in train_eps:
-            f, a, r = np.stack(ep["frames"]), np.stack(ep["actions"]), np.array(ep["rewards"])
-            for p in range(len(f) - len(frames) + 1):
-                if (np.array_equal(f[p:p + len(frames)], frames) and np.array_equal(a[p:p + len(actions)], actions)
-                        and np.array_equal(r[p:p + len(rewards)], rewards)):
-                    return True
-        return False
-
     for batch in seen:
         assert batch.frames.shape == (4, 8, 64, 64, 3) and batch.actions.shape == (4, 7, 1)
         for frames, actions, rewards in zip(batch.frames, batch.actions, batch.rewards):
-            assert from_the_env(frames, actions, rewards)
+            assert is_piece_of_an_episode(train_eps, frames, actions, rewards)
 
     # What a world-model user looks at: the loss terms, the return, the videos.
     records = read_metrics(cfg.out)
@@ -275,3 +267,10 @@ def test_summary_and_config_of_a_planet_run(tmp_path):
     saved = json.loads((Path(cfg.out) / "config.json").read_text())
     assert saved["agent"] == "planet" and saved["planet"]["horizon"] == 4 and saved["seed_episodes"] == 2
     assert summary["agent"] == "planet" and summary["updates"] == 2 * 4 and "mean_return" in summary   # both rounds end with 2 episodes stored
+    # The learning curve is drawn against training episodes, the paper's axis.
+    from pixelplan.runs import plots
+    assert (Path(cfg.out) / "learning_curve.png").stat().st_size > 0
+    evals = [r for r in read_metrics(cfg.out) if r["kind"] == "eval"]
+    assert [r["episodes"] for r in evals] == [4]
+    with pytest.raises(ValueError, match="'steps' or 'episodes'"):
+        plots.learning_curve(evals, tmp_path / "x.png", x="updates")

@@ -54,6 +54,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from pixelplan.suites import ACTION_REPEAT, DEFAULT_ACTION_REPEAT, EPISODE_ENV_STEPS
+
 from .core import Goal, GoalEnv, _to_gray, random_action
 from .goals import FixedGoalSets
 
@@ -79,12 +81,8 @@ ONE_AXIS_DOMAINS = ("manipulator",)
 #: goal tasks: env steps per agent step, where it is not 1 (GLAMOR)
 FRAME_SKIP = {"point_mass": 4}
 
-#: reward tasks: PlaNet's action repeat R per domain (env steps per agent step; appendix A)
-ACTION_REPEAT = {"cartpole": 8, "reacher": 4, "cheetah": 4, "finger": 2, "ball_in_cup": 4, "walker": 2}
-#: reward tasks: the action repeat of domains PlaNet did not run (the median of its table)
-DEFAULT_ACTION_REPEAT = 4
-#: reward tasks: env steps per episode (dm_control's own length for every suite task but lqr)
-EPISODE_ENV_STEPS = 1000
+# reward tasks: PlaNet's action repeat per domain, the default for other domains, and the
+# episode length in env steps (in pixelplan/suites.py, which the presets read too)
 #: reward tasks: PlaNet's frames, 64 x 64 RGB
 PLANET_FRAME = 64
 

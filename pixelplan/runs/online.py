@@ -271,7 +271,9 @@ def _progress(cfg: Config, initial: int):
 
 
 def _write_figures(out: Path, cfg: Config, result: EvalResult) -> None:
+    # A schedule counted in episodes (PlaNet's) is plotted against episodes, the paper's axis.
+    by_episode = cfg.updates_per_episode is not None and cfg.dataset is None
     plots.learning_curve(read_metrics(out), out / "learning_curve.png",
-                         title=f"{cfg.agent} on {cfg.env}, seed {cfg.seed}")
+                         title=f"{cfg.agent} on {cfg.env}, seed {cfg.seed}", x="episodes" if by_episode else "steps")
     if result.success is not None:
         plots.goal_strip(result.goal_frames, result.final_frames, result.success, out / "goals_vs_achieved.png")

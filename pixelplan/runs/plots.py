@@ -29,15 +29,22 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
-def learning_curve(records: list[dict], path: Path, title: str = "", metric: str | None = None) -> None:
-    """An evaluation metric against env steps, from ``metrics.jsonl`` records.
+def learning_curve(records: list[dict], path: Path, title: str = "", metric: str | None = None,
+                   x: str = "steps") -> None:
+    """An evaluation metric against env steps (``x="steps"``) or training episodes
+    (``x="episodes"``, PlaNet's axis; evaluation records carry the episode count), from
+    ``metrics.jsonl`` records.
 
     ``metric`` None: the success rate (and the optimal rate, where every evaluation has it)
     when the evaluations report one (goal tasks), else the mean return (reward tasks); no
     figure when they report neither, or when there was no evaluation. A named ``metric``
     that no evaluation reports is a ``ValueError``. The y axis is [0, 1] for rates only.
     """
+    if x not in ("steps", "episodes"):
+        raise ValueError(f"x must be 'steps' or 'episodes', got {x!r}")
     evals = [r for r in records if r.get("kind") == "eval"]
+    if x == "episodes":
+        evals = [r for r in evals if _number(r.get("episodes"))]
     if not evals:
         return
     if metric is None:
@@ -54,9 +61,9 @@ def learning_curve(records: list[dict], path: Path, title: str = "", metric: str
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for name, marker in zip(shown, "os"):
-        points = [(r["step"], r[name]) for r in evals if _number(r.get(name))]
+        points = [(r["step" if x == "steps" else "episodes"], r[name]) for r in evals if _number(r.get(name))]
         ax.plot(*zip(*points), marker=marker, label=metric_label(name))
-    ax.set_xlabel("env steps")
+    ax.set_xlabel("env steps" if x == "steps" else "training episodes")
     if all(name in ("success_rate", "optimal_rate") for name in shown):
         ax.set_ylabel("fraction of evaluation goals")
     else:
