@@ -28,7 +28,7 @@ Presets compose: one base, then overlays (``--preset paper debug``); without a b
 PlaNet (``--agent planet``): ``paper`` is its appendix A (one env, S = 5 seed episodes, C =
 100 updates per episode, 1000 episodes, CEM at J = 1000, I = 10; reward tasks, so ``dmc:*``
 envs get ``task reward``); ``auto`` is ``paper`` for PlaNet on every env; the ``cpu`` overlay
-shrinks it to what this project's 2-core CPU trains in an hour (docs/planet.md says exactly
+shrinks it to what this project's 2-core CPU trains in hours (docs/planet.md says exactly
 what and what it costs); ``debug`` shrinks it to seconds. Budgets and schedules are in agent
 steps; on ``dmc:*`` the preset converts PlaNet's episodes with the task's T = 1000 // repeat.
 
@@ -408,7 +408,7 @@ def _planet_paper(env: str) -> Config:
 
 
 def _planet_cpu(cfg: Config) -> Config:
-    """What this project's 2-core CPU trains in about an hour (docs/planet.md): 100 episodes,
+    """What this project's 2-core CPU trains in about 3 hours on cartpole (docs/planet.md): 100 episodes,
     20 updates of 16 chunks per episode (PlaNet: 100 of 50), CEM with 300 candidates, 5
     iterations and 30 elites (PlaNet: 1000, 10, 100)."""
     t = _episode_steps(cfg.env) or PLANET_DEFAULT_T
