@@ -46,6 +46,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
+from pixelplan.suites import dmc_reward_episode_steps
+
 PRESETS = ("auto", "paper", "gridworld", "debug", "cpu")
 #: env-name prefixes of the paper's benchmark suites, which ``--preset auto`` gives the paper preset
 PAPER_SUITES = ("dmc:", "atari:")
@@ -386,12 +388,6 @@ def _debug(cfg: Config) -> Config:
     )
 
 
-def _episode_steps(env: str) -> int | None:
-    """T of a ``dmc:*`` reward task at PlaNet's action repeat (agent steps), else None."""
-    from pixelplan.suites import dmc_reward_episode_steps
-    return dmc_reward_episode_steps(env)
-
-
 #: T assumed for the schedules of PlaNet's presets on an env that is not ``dmc:*``
 PLANET_DEFAULT_T = 250
 
@@ -399,7 +395,7 @@ PLANET_DEFAULT_T = 250
 def _planet_paper(env: str) -> Config:
     """Appendix A: S = 5 seed episodes, then C = 100 updates per collected episode, for 1000
     episodes (table 1); one env; single frames (the RSSM remembers); every episode kept."""
-    t = _episode_steps(env) or PLANET_DEFAULT_T
+    t = dmc_reward_episode_steps(env) or PLANET_DEFAULT_T
     return Config(
         env=env, agent="planet", env_options={"task": "reward"} if env.startswith("dmc:") else {},
         steps=1000 * t, frame_stack=1, replay_capacity=1000 * (t + 1), n_envs=1, env_workers=0,
@@ -411,7 +407,7 @@ def _planet_cpu(cfg: Config) -> Config:
     """What this project's 2-core CPU trains in about 3 hours on cartpole (docs/planet.md): 100 episodes,
     20 updates of 16 chunks per episode (PlaNet: 100 of 50), CEM with 300 candidates, 5
     iterations and 30 elites (PlaNet: 1000, 10, 100)."""
-    t = _episode_steps(cfg.env) or PLANET_DEFAULT_T
+    t = dmc_reward_episode_steps(cfg.env) or PLANET_DEFAULT_T
     return dataclasses.replace(
         cfg, steps=100 * t, replay_capacity=100 * (t + 1), updates_per_episode=20, eval_every=10 * t,
         checkpoint_every=5 * t,
