@@ -233,6 +233,12 @@ def _collect(args: list[str]) -> int:
     parser.add_argument("--n-envs", type=int, default=8, help="episodes collected side by side")
     parser.add_argument("--workers", type=int, default=None,
                         help="env worker processes (default: one per core, at most n-envs; 0 = this process)")
+    parser.add_argument("--policy", default="auto", choices=("auto", "uniform", "correlated"),
+                        help="the random policy: uniform, correlated (MBOLD's filtered Gaussian noise) or auto "
+                             "(default: the suite's own, correlated on tabletop:*, else uniform)")
+    parser.add_argument("--noise-std", type=float, nargs="+", default=None,
+                        help="correlated policy: the Gaussian's std per action dimension (default: the suite's)")
+    parser.add_argument("--noise-beta", type=float, default=0.5, help="correlated policy: the filter's beta")
     parser.add_argument("--no-progress", action="store_true")
     opts = parser.parse_args(args)
     if len(opts.env_options) % 2:
@@ -243,7 +249,8 @@ def _collect(args: list[str]) -> int:
     attrs = collect(opts.env, opts.episodes, opts.out, agent=opts.agent,
                     env_options=dict(zip(opts.env_options[::2], opts.env_options[1::2])), seed=opts.seed,
                     shard_episodes=opts.shard_episodes, n_envs=opts.n_envs, workers=workers,
-                    progress=not opts.no_progress)
+                    progress=not opts.no_progress, policy=opts.policy, noise_std=opts.noise_std,
+                    noise_beta=opts.noise_beta)
     print(json.dumps({"out": str(opts.out), **{k: attrs[k] for k in ("env", "episodes", "frames", "content_hash")}}))
     return 0
 

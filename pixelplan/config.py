@@ -46,6 +46,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
+from pixelplan import suites
 from pixelplan.suites import dmc_reward_episode_steps
 
 PRESETS = ("auto", "paper", "gridworld", "debug", "cpu")
@@ -235,6 +236,21 @@ class PlanetConfig:
 
 
 @dataclass
+class RandomConfig:
+    """The random agent (the floor row of every table)."""
+
+    policy: Literal["uniform", "correlated"] = "uniform"
+    """uniform = independent uniform actions within the bounds; correlated = MBOLD's
+    data-collection policy, u_t = beta n_t + (1 - beta) u_(t-1), n_t ~ Normal(0, noise_std^2),
+    clipped to the bounds (continuous actions only; pixelplan/envs/noise.py). The tabletop
+    envs' presets choose correlated with their dataset's std"""
+    noise_std: list[float] | None = None
+    """per action dimension; None = 0.5 x half the action range (the tabletop presets set the
+    paper's table 4)"""
+    noise_beta: float = 0.5
+
+
+@dataclass
 class Config:
     """A training run."""
 
@@ -320,6 +336,7 @@ class Config:
     gcsl: GcslConfig = field(default_factory=GcslConfig)
     discern: DiscernConfig = field(default_factory=DiscernConfig)
     planet: PlanetConfig = field(default_factory=PlanetConfig)
+    random: RandomConfig = field(default_factory=RandomConfig)
 
 
 BASE_PRESETS = ("auto", "paper", "gridworld")
@@ -359,6 +376,11 @@ def preset(names: str | Sequence[str] = "auto", env: str = "gridworld", agent: s
     for name in sorted(overlays, key=("cpu", "debug").index):     # cpu after debug would undo debug's budget
         cfg = (_PLANET_OVERLAYS if planet else _OVERLAYS)[name](cfg)
     cfg.preset = "+".join([base] + overlays)
+    noise = suites.collection_noise(env)
+    if noise is not None:
+        # the suite's random data come from a correlated-noise policy (MBOLD's tabletop): the
+        # random agent acts as the dataset's policy did, so its row is the dataset's floor
+        cfg.random = RandomConfig(policy="correlated", noise_std=noise["std"], noise_beta=noise["beta"])
     return cfg
 
 
@@ -434,11 +456,11 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 _SECTIONS = {"shared": SharedConfig, "glamor": GlamorConfig, "gcsl": GcslConfig, "discern": DiscernConfig,
-             "planet": PlanetConfig}
+             "planet": PlanetConfig, "random": RandomConfig}
 
 #: the config sections each agent reads, besides the run settings (and ``shared``, except PlaNet)
 AGENT_SECTIONS = {"glamor": ("shared", "glamor"), "gcsl": ("shared", "gcsl"), "discern": ("shared", "discern"),
-                  "planet": ("planet",), "random": ("shared",)}
+                  "planet": ("planet",), "random": ("shared", "random")}
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -547,6 +569,11 @@ def validate(cfg: Config) -> None:
          f"updates_per_episode must be >= 0, or None to train during rounds at replay_ratio, "
          f"got {cfg.updates_per_episode}")
     _validate_planet(cfg.planet, need)
+    r = cfg.random
+    need(r.policy in ("uniform", "correlated"), f"random.policy must be uniform or correlated, got {r.policy!r}")
+    need(0 < r.noise_beta <= 1, f"random.noise-beta must be in (0, 1], got {r.noise_beta}")
+    need(r.noise_std is None or (len(r.noise_std) > 0 and all(v >= 0 for v in r.noise_std)),
+         f"random.noise-std must be one value >= 0 per action dimension, got {r.noise_std}")
     d = cfg.discern
     need(d.embed_size >= 1, f"discern.embed_size must be >= 1, got {d.embed_size}")
     need(d.decoys >= 1, f"discern.decoys must be >= 1, got {d.decoys}")

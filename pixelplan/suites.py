@@ -20,3 +20,21 @@ def dmc_reward_episode_steps(env: str) -> int | None:
         return None
     domain = env[len("dmc:"):].split("-", 1)[0]
     return EPISODE_ENV_STEPS // ACTION_REPEAT.get(domain, DEFAULT_ACTION_REPEAT)
+
+
+#: MBOLD's tabletop scenes: the std of the dataset's correlated-noise random policy per scene
+#: (table 4; actions dx, dy, dz, gripper) and its filter's beta (appendix A.3)
+TABLETOP_NOISE_STD = {"reach": (0.6, 0.6, 0.3, 0.3), "push1": (0.6, 0.6, 0.3, 0.3), "push3": (0.6, 0.6, 0.3, 0.3),
+                      "door": (0.3, 0.3, 0.3, 0.15)}
+TABLETOP_NOISE_BETA = 0.5
+
+
+def collection_noise(env: str) -> dict | None:
+    """The correlated-noise policy ``{"std": [...], "beta": b}`` that the suite collects ``env``'s
+    random data with (MBOLD's tabletop scenes); None where the suite's random policy is uniform."""
+    if not env.startswith("tabletop:"):
+        return None
+    scene = env[len("tabletop:"):]
+    if scene not in TABLETOP_NOISE_STD:
+        return None
+    return {"std": list(TABLETOP_NOISE_STD[scene]), "beta": TABLETOP_NOISE_BETA}

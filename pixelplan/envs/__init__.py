@@ -11,7 +11,8 @@ Names are plain (``"gridworld"``) or use a ``"prefix:rest"`` form
 prefix handler called as ``factory(rest, **kwargs)``. Built in: ``gridworld``,
 ``gridworld-fourrooms``, ``gridworld-maze9``, ``dmc:<domain>-<task>`` (any dm_control suite task;
 see :mod:`pixelplan.envs.dmc`) and ``atari:<game>`` (the GLAMOR paper's 14 games; see
-:mod:`pixelplan.envs.atari`).
+:mod:`pixelplan.envs.atari`) and ``tabletop:<scene>`` (MBOLD's reach, push1, push3 and door; see
+:mod:`pixelplan.envs.tabletop`).
 
 A name ``"package.module:factory"`` whose prefix is not a registered prefix names a
 factory by import path, like a Gymnasium entry point: ``make`` imports the module (from
@@ -32,15 +33,17 @@ from typing import Any, Callable
 
 import gymnasium as gym
 
-from .core import Goal, GoalEnv, GoalSpec, GymGoalEnv, check_goal_frame
+from .core import Goal, GoalEnv, GoalSpec, GoalTask, GymGoalEnv, check_goal_frame
 from .atari import AtariGoalEnv, make_atari
 from .dmc import DMCGoalEnv, make_dmc
+from .tabletop import TabletopEnv, make_tabletop
 from .goals import GoalSets, build_goal_sets, cached_goal_sets, diverse_goals, load_goals, save_goals
 from .gridworld import GridWorld
 from .wrappers import FrameStack, stack_from_history
 
 __all__ = [
     "Goal",
+    "GoalTask",
     "GoalEnv",
     "GoalSpec",
     "GymGoalEnv",
@@ -48,6 +51,7 @@ __all__ = [
     "GridWorld",
     "DMCGoalEnv",
     "AtariGoalEnv",
+    "TabletopEnv",
     "GoalSets",
     "build_goal_sets",
     "cached_goal_sets",
@@ -261,7 +265,7 @@ _gridworld_maze9 = _layout_factory("maze9", "pixelplan's 9x9 maze: corridors, de
                                             "steps (T = 32).")
 
 
-for _name, _factory in (("gridworld", GridWorld), ("dmc:", make_dmc), ("atari:", make_atari),
+for _name, _factory in (("gridworld", GridWorld), ("dmc:", make_dmc), ("atari:", make_atari), ("tabletop:", make_tabletop),
                         ("gridworld-fourrooms", _gridworld_fourrooms), ("gridworld-maze9", _gridworld_maze9)):
     register(_name, _factory)
     _BUILTIN.add((_name, id(_factory)))

@@ -30,7 +30,7 @@ import numpy as np
 
 from pixelplan.spec import EnvSpec
 
-__all__ = ["GoalSpec", "Goal", "GoalEnv", "GymGoalEnv", "check_goal_frame", "as_rng", "random_action", "spec_of"]
+__all__ = ["GoalSpec", "Goal", "GoalTask", "GoalEnv", "GymGoalEnv", "check_goal_frame", "as_rng", "random_action", "spec_of"]
 
 #: ranges narrower than this are treated as 1 when deriving tolerances and
 #: normalising (the GLAMOR authors' rule; avoids zero/huge tolerances).
@@ -211,6 +211,70 @@ class Goal:
         if not isinstance(other, Goal):
             return NotImplemented
         return np.array_equal(self.frame, other.frame) and np.array_equal(self.features, other.features)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, eq=False)
+class GoalTask(Goal):
+    """A goal with its own start state and success rule: one of MBOLD's test tasks.
+
+    An evaluation episode on a task resets its env to ``start_state``
+    (``env.reset(options={"state": start_state})``, which shows ``start_frame``), hands the agent
+    ``frame`` as the goal, and at the end compares the *relevant* features only: success is
+    ``distance(final features) <= threshold``, the Euclidean distance over the features that
+    ``relevant`` (a bool mask over the env's features) selects, e.g. the moved block's x, y.
+    The improvement of an episode is ``distance(start_features) - distance(final features)``.
+    """
+
+    start_state: np.ndarray | None = None
+    start_frame: np.ndarray | None = None
+    start_features: np.ndarray | None = None
+    relevant: np.ndarray | None = None
+    threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        d = self.features.shape[0]
+        state = np.asarray(self.start_state, dtype=np.float64).reshape(-1)
+        start_frame = np.asarray(self.start_frame)
+        start_features = np.asarray(self.start_features, dtype=np.float64)
+        relevant = np.asarray(self.relevant)
+        if self.start_state is None or not np.all(np.isfinite(state)):
+            raise ValueError("GoalTask.start_state must be a finite state vector (env.get_state())")
+        if start_frame.shape != self.frame.shape or start_frame.dtype != np.uint8:
+            raise ValueError(f"GoalTask.start_frame must be a uint8 frame of shape {self.frame.shape} (the goal's), "
+                             f"got {start_frame.dtype} {start_frame.shape}")
+        if start_features.shape != (d,):
+            raise ValueError(f"GoalTask.start_features must have {d} entries (the goal's), got {start_features.shape}")
+        if relevant.dtype != bool or relevant.shape != (d,) or not relevant.any():
+            raise ValueError(f"GoalTask.relevant must be a bool mask over the {d} features with at least one True")
+        if not (np.isfinite(self.threshold) and self.threshold >= 0):
+            raise ValueError(f"GoalTask.threshold must be a finite distance >= 0, got {self.threshold}")
+        for name, value in (("start_state", state), ("start_frame", start_frame),
+                            ("start_features", start_features), ("relevant", relevant)):
+            value = value.copy()
+            value.setflags(write=False)
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "threshold", float(self.threshold))
+
+    def distance(self, features: Any) -> float:
+        """Euclidean distance of the relevant features to the goal's."""
+        f = np.asarray(features, dtype=np.float64).reshape(-1)
+        if f.shape != self.features.shape:
+            raise ValueError(f"features must have {self.features.shape[0]} entries, got {f.shape}")
+        return float(np.linalg.norm((f - self.features)[self.relevant]))
+
+    def achieved(self, features: Any) -> bool:
+        return self.distance(features) <= self.threshold
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GoalTask):
+            return NotImplemented
+        return (super().__eq__(other) and np.array_equal(self.start_state, other.start_state)
+                and np.array_equal(self.start_frame, other.start_frame)
+                and np.array_equal(self.start_features, other.start_features)
+                and np.array_equal(self.relevant, other.relevant) and self.threshold == other.threshold)
 
     __hash__ = None  # type: ignore[assignment]
 

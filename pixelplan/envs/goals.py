@@ -13,11 +13,11 @@ from typing import Callable, Sequence
 import gymnasium as gym
 import numpy as np
 
-from .core import Goal, GoalSpec, as_rng, random_action
+from .core import Goal, GoalSpec, GoalTask, as_rng, random_action
 
 __all__ = ["diverse_goals", "save_goals", "load_goals", "GoalSets", "estimate_ranges", "build_goal_sets",
            "pick_evaluation_goals", "distinct_goals", "cached_goal_sets", "default_cache_dir", "FixedGoalSets",
-           "automatic_evaluation_goals", "env_fingerprint"]
+           "automatic_evaluation_goals", "env_fingerprint", "save_tasks", "load_tasks", "cached_tasks"]
 
 
 def _nearest_excluding(points: np.ndarray, x: np.ndarray, skip: int) -> float:
@@ -374,3 +374,63 @@ def automatic_evaluation_goals(env, key: dict, seed: int = 0, n_evaluation: int 
 
     sets, path = cached_goal_sets(key, build, cache_dir)
     return list(sets.evaluation), path
+
+
+# ------------------------------------------------------------------ test tasks (GoalTask sets)
+def save_tasks(path: str | os.PathLike, tasks: Sequence[GoalTask], meta: dict | None = None) -> str:
+    """Write test tasks (:class:`~pixelplan.envs.core.GoalTask`) to ``path`` (``.npz``), atomically;
+    returns the path written. :func:`load_tasks` reads them back."""
+    tasks = list(tasks)
+    if not tasks or not all(isinstance(t, GoalTask) for t in tasks):
+        raise ValueError("save_tasks needs a non-empty list of GoalTask")
+    out = _npz_path(path)
+    tmp = f"{out}.{os.getpid()}.tmp.npz"
+    np.savez_compressed(
+        tmp, goal_frames=np.stack([t.frame for t in tasks]), goal_features=np.stack([t.features for t in tasks]),
+        start_states=np.stack([t.start_state for t in tasks]), start_frames=np.stack([t.start_frame for t in tasks]),
+        start_features=np.stack([t.start_features for t in tasks]), relevant=np.stack([t.relevant for t in tasks]),
+        threshold=np.array([t.threshold for t in tasks]), meta=np.array(json.dumps(meta or {}, sort_keys=True)))
+    os.replace(tmp, out)
+    return out
+
+
+def load_tasks(path: str | os.PathLike) -> tuple[list[GoalTask], dict]:
+    """``(tasks, meta)`` from a file that :func:`save_tasks` wrote."""
+    path = os.fspath(path)
+    if not os.path.exists(path) and os.path.exists(path + ".npz"):
+        path += ".npz"
+    with np.load(path, allow_pickle=False) as data:
+        need = {"goal_frames", "goal_features", "start_states", "start_frames", "start_features", "relevant",
+                "threshold", "meta"}
+        if need - set(data.files):
+            raise ValueError(f"{path} is not a task file (missing {sorted(need - set(data.files))}); write one "
+                             "with pixelplan tasks")
+        tasks = [GoalTask(f, x, start_state=s, start_frame=sf, start_features=sx, relevant=r, threshold=float(th))
+                 for f, x, s, sf, sx, r, th in zip(data["goal_frames"], data["goal_features"], data["start_states"],
+                                                   data["start_frames"], data["start_features"], data["relevant"],
+                                                   data["threshold"])]
+        meta = json.loads(str(data["meta"]))
+    return tasks, meta
+
+
+def cached_tasks(key: dict, build: Callable[[], list], cache_dir: str | os.PathLike | None = None,
+                 ) -> tuple[list[GoalTask], Path]:
+    """The task set ``key`` identifies, from the cache or ``build()`` then stored (atomically), as
+    :func:`cached_goal_sets` does for goal sets."""
+    key = {**key, "format": GOAL_SET_FORMAT, "kind": "tasks"}
+    text = json.dumps(key, sort_keys=True)
+    digest = hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(key.get("env", "env")))
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = root / "tasks" / f"{name}-{key.get('tasks', 'tasks')}-{digest}.npz"
+    if path.exists():
+        try:
+            tasks, meta = load_tasks(path)
+            if meta.get("key") == json.loads(text):
+                return tasks, path
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable or stale: rebuild below
+    tasks = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tasks(path, tasks, {"key": json.loads(text)})
+    return tasks, path

@@ -115,6 +115,11 @@ def _call_env(env, name: str, calls: list | None):
     return value if calls is None else [value(*args) for args in calls]
 
 
+def _reset(env, seed: int, options: dict | None):
+    # without options, reset exactly as before options existed: a user's env may not take them
+    return env.reset(seed=seed) if options is None else env.reset(seed=seed, options=options)
+
+
 def _worker(conn, blob: bytes, count: int) -> None:
     # Ctrl-C reaches every process of the terminal's group; the training process handles it
     # (checkpoint, then exit) and closes its workers, which must not die under it meanwhile.
@@ -137,7 +142,7 @@ def _worker(conn, blob: bytes, count: int) -> None:
             command, payload = conn.recv()
             try:
                 if command == "reset":
-                    result = [envs[i].reset(seed=s) for i, s in payload]
+                    result = [_reset(envs[i], s, o) for i, (s, o) in payload]
                 elif command == "step":
                     result = [envs[i].step(a) for i, a in payload]
                 elif command == "call":
@@ -229,9 +234,14 @@ class EnvPool:
     def __len__(self) -> int:
         return self.n
 
-    def reset(self, rows: Sequence[int], seeds: Sequence[int]) -> tuple[np.ndarray, list[dict]]:
-        """Reset ``rows`` with ``seeds``; returns their observations (stacked) and infos."""
-        results = self._call("reset", rows, [int(s) for s in seeds])
+    def reset(self, rows: Sequence[int], seeds: Sequence[int],
+              options: Sequence[dict | None] | None = None) -> tuple[np.ndarray, list[dict]]:
+        """Reset ``rows`` with ``seeds`` (and per-row reset ``options``, e.g. a test task's start
+        state); returns their observations (stacked) and infos."""
+        options = [None] * len(seeds) if options is None else list(options)
+        if len(options) != len(seeds):
+            raise ValueError(f"reset: {len(seeds)} seeds but {len(options)} options")
+        results = self._call("reset", rows, [(int(s), o) for s, o in zip(seeds, options)])
         return np.stack([r[0] for r in results]), [r[1] for r in results]
 
     def step(self, rows: Sequence[int], actions):
@@ -266,7 +276,7 @@ class EnvPool:
         if any(not 0 <= r < self.n for r in rows):
             raise IndexError(f"{command}: rows must be in 0..{self.n - 1}, got {rows}")
         if self.workers == 0:
-            fn = (lambda env, a: env.reset(seed=a)) if command == "reset" else (lambda env, a: env.step(a))
+            fn = (lambda env, a: _reset(env, *a)) if command == "reset" else (lambda env, a: env.step(a))
             return [fn(self._envs[r], a) for r, a in zip(rows, args)]
         per_worker: dict[int, list[tuple[int, Any]]] = {}
         order: dict[int, list[int]] = {}

@@ -13,9 +13,13 @@ random actions both come from ``(seed, episode index)``), so a resumed collect w
 same file, byte for byte in its arrays and content hash, as one that was never interrupted,
 whatever the pool size.
 
-Only ``--agent random`` (uniform actions, MBOLD's and the GLAMOR paper's random datasets) is
-supported: collecting with a trained agent is a separate feature. Uniform means over
-``0..n-1`` for ``Discrete`` actions, and within the bounds, entry by entry, for a ``Box``.
+Only ``--agent random`` is supported: collecting with a trained agent is a separate feature. Its
+``--policy``: ``uniform`` (the GLAMOR paper's random data: over ``0..n-1`` for ``Discrete``
+actions, within the bounds entry by entry for a ``Box``) or ``correlated`` (MBOLD's: per
+episode one filtered Gaussian sequence, pixelplan/envs/noise.py, with ``--noise-std`` or the
+suite's std); ``auto`` (the default) is the suite's own policy: correlated on ``tabletop:*``
+(MBOLD table 4), uniform elsewhere. A correlated dataset records the policy, its std and
+beta in its attributes; a uniform one has the attributes it always had.
 """
 
 from __future__ import annotations
@@ -39,15 +43,19 @@ AGENTS = ("random",)
 
 def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "random",
             env_options: dict[str, str] | None = None, seed: int = 0, shard_episodes: int = 100,
-            n_envs: int = 8, workers: int = 0, progress: bool = True) -> dict:
+            n_envs: int = 8, workers: int = 0, progress: bool = True, policy: str = "auto",
+            noise_std: list[float] | None = None, noise_beta: float = 0.5) -> dict:
     """Collect ``episodes`` episodes of ``env`` into the dataset file ``out``; returns its attrs."""
     from pixelplan.runs.common import parse_env_options
 
     env_options = dict(env_options or {})
     _check(agent, episodes, seed, shard_episodes, n_envs, workers)
+    noise = _policy(env, policy, noise_std, noise_beta)
     out = Path(out)
     settings = {"env": env, "env_options": env_options, "agent": agent, "seed": int(seed),
                 "episodes": int(episodes)}
+    if noise is not None:      # uniform datasets keep the attributes they always had
+        settings["policy"] = {"kind": "correlated", **noise}
     parts = out.with_name(out.name + ".parts")
     if out.exists() and not out.is_dir():
         attrs = read_attrs(out)
@@ -65,6 +73,13 @@ def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "ra
     probe = factory()
     spec, space = spec_of(probe), probe.action_space
     probe.close()
+    if noise is not None:
+        if spec.discrete:
+            raise ValueError(f"collect --policy correlated needs continuous actions; {env} has "
+                             f"{spec.describe_actions()}: use --policy uniform")
+        if len(noise["std"]) != int(np.prod(spec.action_shape)):
+            raise ValueError(f"collect --noise-std has {len(noise['std'])} values; {env} has "
+                             f"{int(np.prod(spec.action_shape))} action dimensions")
     parts.mkdir(parents=True, exist_ok=True)
     with RunLock(parts, command="pixelplan collect"):
         _check_parts(parts, settings)
@@ -81,7 +96,7 @@ def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "ra
                     continue
                 first = k * shard_episodes
                 ids = range(first, first + _shard_size(k, episodes, shard_episodes))
-                shard = _collect_episodes(pool, spec, space, seed, ids, bar)
+                shard = _collect_episodes(pool, spec, space, seed, ids, bar, noise)
                 _write_dataset(_shard_path(parts, k), shard, {**settings, "shard": k})
         finally:
             pool.close()
@@ -101,8 +116,35 @@ def episode_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def _collect_episodes(pool: EnvPool, spec: EnvSpec, space, seed: int, ids: range, bar) -> list[Episode]:
+def _policy(env: str, policy: str, noise_std, noise_beta: float) -> dict | None:
+    """The correlated-noise settings ``{"std", "beta"}`` of ``policy``, or None for uniform."""
+    from pixelplan.envs.noise import POLICIES
+    from pixelplan.suites import collection_noise
+
+    if policy not in (*POLICIES, "auto"):
+        raise ValueError(f"collect --policy must be auto, {' or '.join(POLICIES)}, got {policy!r}")
+    suite = collection_noise(env)
+    if policy == "uniform" or (policy == "auto" and suite is None and noise_std is None):
+        if noise_std is not None:
+            raise ValueError("collect --noise-std sets the correlated policy's std: drop it, or add "
+                             "--policy correlated")
+        return None
+    std = list(noise_std) if noise_std is not None else (suite or {}).get("std")
+    if std is None:
+        raise ValueError(f"collect --policy correlated on {env}: give --noise-std, one value per action "
+                         "dimension (the suite has no std of its own)")
+    if not (0 < noise_beta <= 1) or any(not np.isfinite(v) or v < 0 for v in std):
+        raise ValueError(f"collect: --noise-beta must be in (0, 1] and --noise-std values >= 0, got "
+                         f"{noise_beta} and {std}")
+    beta = float(suite["beta"]) if (suite is not None and noise_std is None and noise_beta == 0.5) else float(noise_beta)
+    return {"std": [float(v) for v in std], "beta": beta}
+
+
+def _collect_episodes(pool: EnvPool, spec: EnvSpec, space, seed: int, ids: range, bar,
+                      noise: dict | None = None) -> list[Episode]:
     """Episodes ``ids``, up to ``len(pool)`` side by side; each is fixed by (seed, its index)."""
+    from pixelplan.envs.noise import CorrelatedNoise
+
     out = []
     for start in range(0, len(ids), len(pool)):
         batch = ids[start:start + len(pool)]
@@ -110,11 +152,16 @@ def _collect_episodes(pool: EnvPool, spec: EnvSpec, space, seed: int, ids: range
         rngs = [episode_rng(seed, i) for i in batch]
         obs, infos = pool.reset(rows, [int(r.integers(2**31)) for r in rngs])
         frames = [[obs[j].copy()] for j in rows]
+        filters = None if noise is None else [CorrelatedNoise(noise["std"], space.low.reshape(-1),
+                                                              space.high.reshape(-1), noise["beta"]) for _ in rows]
         features = [[np.asarray(info.get("features"), dtype=np.float64)] for info in infos]
         actions, rewards = [[] for _ in rows], [[] for _ in rows]
         live = list(rows)
         while live:
-            acts = [random_action(space, rngs[j]) for j in live]   # the goal sets' random policy
+            if filters is None:
+                acts = [random_action(space, rngs[j]) for j in live]   # the goal sets' random policy
+            else:
+                acts = [filters[j].sample(rngs[j]).reshape(space.shape) for j in live]
             new_obs, rew, terminated, truncated, step_infos = pool.step(live, acts)
             still = []
             for pos, j in enumerate(live):

@@ -6,6 +6,12 @@ episode's end (T, or the step at which the agent stopped it) are within toleranc
 goal's features. Where the env knows shortest paths (the grid world), an episode is *optimal*
 when it achieved the goal and took exactly the shortest-path number of steps.
 
+Test tasks (:class:`~pixelplan.envs.core.GoalTask`, MBOLD's tabletop suite): the episode starts
+from the task's own start state rather than from a seed, and success is the task's rule: the
+relevant features (the moved block's x, y, say) end within a metric threshold of the goal's.
+Such an evaluation also reports ``final_distance`` (mean over episodes of that distance at the end)
+and ``improvement`` (mean of start distance minus final distance, in metres).
+
 Reward tasks: an episode's return is the sum of the rewards the env returned, and the metric
 is their mean (``mean_return``). Every episode's return is reported on goal tasks too (0 there).
 
@@ -21,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from pixelplan.agents.base import Agent
+from pixelplan.envs.core import GoalTask
 from pixelplan.envs.vector import EnvPool
 from pixelplan.envs.wrappers import RowStacks
 
@@ -39,6 +46,8 @@ class EvalResult:
     goal_index: np.ndarray | None        # (episodes,) which goal of the set, goal tasks
     extra: dict = field(default_factory=dict)
     video: np.ndarray | None = None      # (steps + 1, *frame_shape): episode 0's frames, when recorded
+    distance: np.ndarray | None = None   # (episodes,) test tasks: final distance of the relevant features
+    start_distance: np.ndarray | None = None   # (episodes,) test tasks: the same at the start
 
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -47,6 +56,9 @@ class EvalResult:
         out.update(mean_steps=float(self.steps.mean()), eval_episodes=int(len(self.steps)))
         if self.optimal is not None:
             out["optimal_rate"] = float(self.optimal.mean())
+        if self.distance is not None:
+            out["final_distance"] = float(self.distance.mean())
+            out["improvement"] = float((self.start_distance - self.distance).mean())
         if self.success is None or np.any(self.returns != 0):   # goal tasks pay 0: no column of zeros
             out["mean_return"] = float(self.returns.mean())
         return out
@@ -90,7 +102,7 @@ def evaluate(agent: Agent, make_env: Callable[[], object], goals: list | None, e
 
     return EvalResult(steps=cat("steps"), returns=cat("returns"), success=cat("success"), optimal=cat("optimal"),
                       goal_frames=cat("goal_frames"), final_frames=cat("final_frames"), goal_index=cat("goal_index"),
-                      video=parts[0]["video"])
+                      video=parts[0]["video"], distance=cat("distance"), start_distance=cat("start_distance"))
 
 
 def _run_chunk(agent, pool: EnvPool, goals, episode_ids, eval_seed, record: bool = False) -> dict:
@@ -101,7 +113,10 @@ def _run_chunk(agent, pool: EnvPool, goals, episode_ids, eval_seed, record: bool
         goal_index = np.array([e % len(goals) for e in episode_ids])
         chosen = [goals[g] for g in goal_index]
         goal_frames = np.stack([g.frame for g in chosen])
-    first, infos = pool.reset(rows, [eval_seed + e for e in episode_ids])
+    tasks = chosen is not None and all(isinstance(g, GoalTask) for g in chosen)
+    # a test task starts from its own state (MBOLD); other goals from the episode's seed
+    options = [{"state": g.start_state} for g in chosen] if tasks else None
+    first, infos = pool.reset(rows, [eval_seed + e for e in episode_ids], options)
     video = [first[0].copy()] if record else None
     stacks = RowStacks(n, agent.spec.frame_stack, agent.spec.frame_shape)
     obs = stacks.start(rows, first)
@@ -130,8 +145,12 @@ def _run_chunk(agent, pool: EnvPool, goals, episode_ids, eval_seed, record: bool
             done[go] = terminated | truncated
     final_frames = stacks.latest()
     agent.end_episodes(rows, final_frames, goal_frames, explore=False)
-    success = optimal = None
-    if goals is not None:
+    success = optimal = distance = start_distance = None
+    if tasks:
+        distance = np.array([g.distance(f) for f, g in zip(features, chosen)])
+        start_distance = np.array([g.distance(f) for f, g in zip(start_features, chosen)])
+        success = np.array([bool(d <= g.threshold) for d, g in zip(distance, chosen)])
+    elif goals is not None:
         spec = pool.get("goal_spec")
         success = np.array([bool(spec.achieved(f, g.features)) for f, g in zip(features, chosen)])
         best = pool.call("optimal_steps", [(s, g.features) for s, g in zip(start_features, chosen)])
@@ -139,4 +158,5 @@ def _run_chunk(agent, pool: EnvPool, goals, episode_ids, eval_seed, record: bool
             optimal = success & (t == np.array(best))
     return {"success": success, "steps": t.copy(), "returns": returns, "optimal": optimal,
             "goal_frames": goal_frames, "final_frames": final_frames, "goal_index": goal_index,
-            "video": None if video is None else np.stack(video)}
+            "video": None if video is None else np.stack(video), "distance": distance,
+            "start_distance": start_distance}
