@@ -7,6 +7,7 @@
     pixelplan sweep --agents A... --envs E... --seeds S... --out DIR [--parallel N]
                     [--label-suffix NAME] [--metric auto|NAME] [-- TRAIN FLAGS...]
     pixelplan goals --env NAME [--set evaluation|training] [--n N] --out goals.png
+    pixelplan tasks --env tabletop:push3 [--set regular|hard] [--n 100] [--seed 0] --out tasks.npz
 
 ``train`` first picks the preset (``--preset``, default auto: by env), then applies every
 other flag on top of it: any config leaf can be set (``pixelplan train --help`` lists them).
@@ -22,7 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
-USAGE = """usage: pixelplan {train,eval,collect,table,sweep,goals} ...
+USAGE = """usage: pixelplan {train,eval,collect,table,sweep,goals,tasks} ...
 
   train   train an agent (default: GLAMOR on the grid world); re-run to resume;
           --dataset FILE trains offline from a collected dataset
@@ -33,6 +34,8 @@ USAGE = """usage: pixelplan {train,eval,collect,table,sweep,goals} ...
   sweep   train agents x envs x seeds (in parallel processes if asked), then the table
 
   goals   draw an env's evaluation (or training) goals as an image grid
+  tasks   build an env's test tasks (start state + goal image; MBOLD's tabletop suite), save them
+          and draw each start | goal pair
 
 pixelplan <command> --help shows the options."""
 
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(rest)
         if command == "collect":
             return _collect(rest)
+        if command == "tasks":
+            return _tasks(rest)
     except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"pixelplan {command}: error: {exc}", file=sys.stderr)
         return 2
@@ -176,6 +181,61 @@ def _goals(args: list[str]) -> int:
     print(json.dumps({"env": opts.env, "set": opts.set, "goals": len(goals), "out": opts.out,
                       "features": list(spec.names), "low": spec.low.round(4).tolist(),
                       "high": spec.high.round(4).tolist()}))
+    return 0
+
+
+def _tasks(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pixelplan tasks",
+                                     description="Build (or load from the cache) an env's test tasks, write them "
+                                                 "to a file and draw each start | goal pair (reading order).")
+    parser.add_argument("--env", required=True, help="an env with test tasks, e.g. tabletop:push3")
+    parser.add_argument("--env-options", nargs="*", default=[], metavar="KEY VALUE")
+    parser.add_argument("--set", default="regular", help="regular (default) or hard (pushing only)")
+    parser.add_argument("--n", type=int, default=100, help="tasks (default 100, the paper's)")
+    parser.add_argument("--seed", type=int, default=0, help="the task set's seed")
+    parser.add_argument("--out", required=True, help="task file to write (.npz); the PNG goes beside it")
+    parser.add_argument("--columns", type=int, default=5)
+    opts = parser.parse_args(args)
+    if len(opts.env_options) % 2:
+        raise ValueError("--env-options takes KEY VALUE pairs")
+    if opts.n < 1 or opts.seed < 0:
+        raise ValueError(f"--n must be >= 1 and --seed >= 0, got {opts.n} and {opts.seed}")
+    out = Path(opts.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give a file name, e.g. {out / 'tasks.npz'}")
+    if not out.parent.exists():
+        raise ValueError(f"--out {out}: the directory {out.parent} does not exist")
+
+    import numpy as np
+
+    from pixelplan.envs import GoalTask, make
+    from pixelplan.envs.goals import save_tasks
+    from pixelplan.runs import plots
+    from pixelplan.runs.common import parse_env_options
+
+    options = parse_env_options(dict(zip(opts.env_options[::2], opts.env_options[1::2])))
+    clash = {"tasks", "n_tasks", "task_seed"} & set(options)
+    if clash:
+        raise ValueError(f"give the task set with --set, --n and --seed, not --env-options {', '.join(sorted(clash))}")
+    try:
+        env = make(opts.env, **options, tasks=opts.set, n_tasks=opts.n, task_seed=opts.seed)
+    except ValueError as exc:
+        if "unknown option" in str(exc) and "tasks" in str(exc):
+            raise ValueError(f"{opts.env} has no test tasks (start state + goal); pixelplan goals draws its goals") from None
+        raise
+    tasks = env.evaluation_goals()
+    if not all(isinstance(t, GoalTask) for t in tasks):
+        raise ValueError(f"{opts.env} has no test tasks (start state + goal); pixelplan goals draws its goals")
+    path = save_tasks(out, tasks, {"env": opts.env, "env_options": options, "set": opts.set, "n": opts.n,
+                                   "seed": opts.seed})
+    png = Path(path).with_suffix(".png")
+    pairs = np.stack([np.concatenate([t.start_frame, t.frame], axis=1) for t in tasks])
+    plots.goal_grid(pairs, png, columns=opts.columns)
+    relevant = sorted({", ".join(np.array(env.goal_spec.names)[t.relevant]) for t in tasks})
+    start = np.array([t.distance(t.start_features) for t in tasks])
+    print(json.dumps({"env": opts.env, "set": opts.set, "tasks": len(tasks), "out": path, "png": str(png),
+                      "compared": relevant, "threshold": tasks[0].threshold,
+                      "start_distance_mean": round(float(start.mean()), 4)}))
     return 0
 
 

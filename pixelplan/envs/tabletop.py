@@ -547,22 +547,24 @@ def _new_renderer(model, height: int, width: int):
     global _RENDERERS
     import mujoco
 
-    if _RENDERERS is None:
-        _RENDERERS = weakref.WeakSet()
-
-        def close_all() -> None:
-            for renderer in list(_RENDERERS):
-                try:
-                    renderer.close()
-                except Exception:  # noqa: BLE001 - the display may already be gone
-                    pass
-        atexit.register(close_all)      # registered after mujoco's own: runs before it
     try:
         renderer = mujoco.Renderer(model, height, width)
     except Exception as exc:  # noqa: BLE001 - one line that says what to do
         raise RuntimeError(f"tabletop: MuJoCo cannot render headless ({type(exc).__name__}: {exc}); set "
                            f"MUJOCO_GL=egl (or osmesa) before mujoco is first imported (now "
                            f"MUJOCO_GL={os.environ.get('MUJOCO_GL')!r})") from None
+    if _RENDERERS is None:
+        # registered after the first renderer exists, so after mujoco's GL module registered its
+        # own exit handler: ours runs first (atexit is last in, first out)
+        _RENDERERS = weakref.WeakSet()
+
+        def close_all() -> None:
+            for each in list(_RENDERERS):
+                try:
+                    each.close()
+                except Exception:  # noqa: BLE001 - the display may already be gone
+                    pass
+        atexit.register(close_all)
     _RENDERERS.add(renderer)
     return renderer
 
