@@ -304,12 +304,14 @@ class TabletopEnv(GoalEnv):
         if tasks not in self.scene.task_sets:
             raise ValueError(f"tabletop:{scene} has the test-task set(s) {', '.join(self.scene.task_sets)}, not "
                              f"{tasks!r} (MBOLD's 'hard' sets exist for pushing only)")
+        if isinstance(object_range, bool) or not isinstance(object_range, (int, float, np.number)):
+            raise ValueError(f"object_range must be a number of metres in [0, 0.25], got {object_range!r}")
         object_range = float(object_range)
         if not 0 <= object_range <= 0.25:
             raise ValueError(f"object_range must be in [0, 0.25] m (the table's reach), got {object_range}")
         for name, value, low in (("n_tasks", n_tasks, 1), ("task_seed", task_seed, 0), ("height", height, 8),
                                  ("width", width, 8), ("max_episode_steps", max_episode_steps, 1)):
-            if int(value) != value or int(value) < low:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value}")
         _setup_rendering()
         import mujoco
