@@ -64,3 +64,29 @@ def run_dir(tmp_path):
 @pytest.fixture
 def make_run_config():
     return small_run_config
+
+
+def _kill_after_first_shard(call: str, out, timeout: float = 120.0) -> bool:
+    """Run ``collect(..., sys.argv[1], ...)`` (``call``, a Python expression) in a child process
+    writing ``out``, SIGKILL it once its first shard is on disk; True when it was killed before
+    it finished (False: it finished first, and the test cannot check a resume)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = f"import sys; from pixelplan.runs.collect import collect; {call}"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)])
+    first = out.with_name(out.name + ".parts") / "shard-00000.h5"
+    deadline = time.monotonic() + timeout
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return not out.exists()
+
+
+@pytest.fixture
+def kill_after_first_shard():
+    """The collect-killing helper of the resume tests (test_datasets, test_tabletop)."""
+    return _kill_after_first_shard

@@ -135,3 +135,19 @@ def test_planet_speed_quick():
     assert result["cem"]["size"]["transitions_per_row"] == 4 * 2 * 16      # the debug preset's CEM
     _positive(result["update"]["fp32"], ("s_per_update", "gflop", "fraction_of_fp32_peak"))
     assert result["update"]["batch"] == [4, 8]
+
+
+def test_tabletop_speed_quick(tmp_path):
+    env = {**os.environ, "PIXELPLAN_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tabletop_speed.py"), "--steps", "30",
+                           "--tasks", "3", "--scenes", "reach", "push1"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [(r["scene"], r.get("set")) for r in rows] == [("reach", None), ("reach", "regular"), ("push1", None),
+                                                        ("push1", "regular"), ("push1", "hard")]
+    for r in rows:
+        if "set" in r:
+            assert r["tasks"] == 3 and 0 <= r["random"]["success_rate"] <= 1 and 0 <= r["oracle"]["success_rate"] <= 1
+        else:
+            _positive(r, ("steps_per_s", "physics_steps_per_s", "render_ms"))

@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import h5py
 import numpy as np
@@ -141,19 +137,12 @@ def test_a_dataset_edited_in_place_fails_its_own_hash(dataset, tmp_path):
         verify(copy)
 
 
-def test_a_killed_collect_resumes_to_the_uninterrupted_file(dataset, tmp_path):
+def test_a_killed_collect_resumes_to_the_uninterrupted_file(dataset, tmp_path, kill_after_first_shard):
     out = tmp_path / "grid.h5"
-    code = ("import sys; from pixelplan.runs.collect import collect; "
-            f"collect('gridworld', {EPISODES}, sys.argv[1], seed=3, shard_episodes=16, n_envs=4, progress=False)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(out)])
-    parts = tmp_path / "grid.h5.parts"
-    deadline = time.monotonic() + 120
-    while not (parts / "shard-00000.h5").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    if out.exists():
+    call = f"collect('gridworld', {EPISODES}, sys.argv[1], seed=3, shard_episodes=16, n_envs=4, progress=False)"
+    if not kill_after_first_shard(call, out):
         pytest.skip("the collect finished before it could be killed")
+    parts = tmp_path / "grid.h5.parts"
     collect("gridworld", EPISODES, out, seed=3, shard_episodes=16, n_envs=2, progress=False)
     assert not parts.exists()
     resumed, clean = verify(out), read_attrs(dataset)

@@ -4,10 +4,6 @@ evaluation on tasks through the real drivers."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -257,21 +253,14 @@ def test_collected_frames_and_features_are_what_the_env_produced(tmp_path):
             np.testing.assert_array_equal(ep.features[t + 1], info["features"])
 
 
-def test_a_killed_tabletop_collect_resumes_to_the_uninterrupted_file(tmp_path):
+def test_a_killed_tabletop_collect_resumes_to_the_uninterrupted_file(tmp_path, kill_after_first_shard):
     clean = tmp_path / "clean.h5"
     collect("tabletop:reach", 6, clean, seed=1, shard_episodes=2, n_envs=2, progress=False)
     out = tmp_path / "reach.h5"
-    code = ("import sys; from pixelplan.runs.collect import collect; "
-            "collect('tabletop:reach', 6, sys.argv[1], seed=1, shard_episodes=2, n_envs=2, progress=False)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(out)])
-    parts = tmp_path / "reach.h5.parts"
-    deadline = time.monotonic() + 120
-    while not (parts / "shard-00000.h5").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    if out.exists():
+    call = "collect('tabletop:reach', 6, sys.argv[1], seed=1, shard_episodes=2, n_envs=2, progress=False)"
+    if not kill_after_first_shard(call, out):
         pytest.skip("the collect finished before it could be killed")
+    parts = tmp_path / "reach.h5.parts"
     collect("tabletop:reach", 6, out, seed=1, shard_episodes=2, n_envs=1, progress=False)
     assert not parts.exists()
     assert read_attrs(out)["episodes"] == 6 and read_attrs(out)["content_hash"] == read_attrs(clean)["content_hash"]

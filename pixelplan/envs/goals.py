@@ -68,6 +68,12 @@ def _npz_path(path: str | os.PathLike) -> str:
     return path if path.endswith(".npz") else path + ".npz"
 
 
+def _existing_npz(path: str | os.PathLike) -> str:
+    """``path``, or ``path + ".npz"`` when only that exists (numpy adds the suffix on save)."""
+    path = os.fspath(path)
+    return path + ".npz" if not os.path.exists(path) and os.path.exists(path + ".npz") else path
+
+
 def save_goals(path: str | os.PathLike, goals: Sequence[Goal], spec: GoalSpec) -> str:
     """Save goals and their spec to a compressed ``.npz`` (``.npz`` appended if missing).
 
@@ -95,9 +101,7 @@ def save_goals(path: str | os.PathLike, goals: Sequence[Goal], spec: GoalSpec) -
 
 def load_goals(path: str | os.PathLike) -> tuple[list[Goal], GoalSpec]:
     """Load what :func:`save_goals` wrote: ``(goals, spec)``."""
-    path = os.fspath(path)
-    if not os.path.exists(path) and os.path.exists(path + ".npz"):
-        path += ".npz"
+    path = _existing_npz(path)
     with np.load(path, allow_pickle=False) as data:
         missing = {"frames", "features", "spec"} - set(data.files)
         if missing:
@@ -396,9 +400,7 @@ def save_tasks(path: str | os.PathLike, tasks: Sequence[GoalTask], meta: dict | 
 
 def load_tasks(path: str | os.PathLike) -> tuple[list[GoalTask], dict]:
     """``(tasks, meta)`` from a file that :func:`save_tasks` wrote."""
-    path = os.fspath(path)
-    if not os.path.exists(path) and os.path.exists(path + ".npz"):
-        path += ".npz"
+    path = _existing_npz(path)
     with np.load(path, allow_pickle=False) as data:
         need = {"goal_frames", "goal_features", "start_states", "start_frames", "start_features", "relevant",
                 "threshold", "meta"}
