@@ -19,8 +19,9 @@ facts gathered in the issue:
   an absolute opening command). Physics dt 0.0025 s with 5 physics steps per action (frame
   skip 5); the hand moves a fifth of its displacement in each physics step.
 * Frames: 64 x 64 RGB from one fixed camera, ``cam0``, at (0, 1.2, 0.8) looking at the table
-  from the front, pitched down 45 degrees (MBOLD's cam0). One light, a 1024 shadow map, no
-  multisampling (rendering is most of a step's cost; see ``benchmarks/tabletop_speed.py``).
+  from the front, pitched down 45 degrees (MBOLD's cam0), field of view 30 degrees. One light,
+  no cast shadows and no multisampling: a shadow map costs 7 ms a frame under llvmpipe against
+  0.6-0.7 ms without; a flat disc under the gripper stands in for its shadow (a depth cue).
 * Episodes: T = 30 actions (31 frames); reward 0 (a goal task).
 * ``info["features"]``: the end effector's x, y, z, the gripper opening, the arm's three joint
   angles (shoulder yaw, shoulder pitch, elbow), then each block's x, y, or the door's slide.
@@ -35,10 +36,12 @@ shoulder and the wrist, elbow up). The links follow the hand kinematically (moca
 do not collide: only the gripper (palm and two fingers) touches objects. The camera sees the
 arm from the front, so it hides whatever lies behind and under it, as the Sawyer does.
 
-**The hand.** The gripper is kinematic (mocap), not welded to a mocap target through a soft
-constraint as in Meta-World: it goes exactly where it is commanded, which makes the hand box
-exact and episodes deterministic. Blocks slide in x and y on joints (no rotation), heavily
-damped, so they stop when the gripper leaves them; the door slides on a joint of 0.4 m range.
+**The hand.** Its three slide joints are velocity-controlled: each physics step they get the
+velocity that takes them to the next fifth of the commanded move (gravity compensated), so the
+hand goes where it is commanded and MuJoCo's contacts see its real velocity. A kinematic mocap
+hand has no velocity and, at 0.1 m per step, passed through blocks (measured: a 25 cm push moved
+a block 1 mm). Blocks slide in x and y on joints (no rotation), heavily damped, so they stop
+within a step or two when the gripper leaves them; the door slides on a joint of 0.4 m range.
 
 **Test tasks** (:meth:`TabletopEnv.evaluation_goals`; ``tasks="regular"`` or ``"hard"``): 100
 per scene, each a :class:`~pixelplan.envs.core.GoalTask` (start state, start frame, goal frame,
@@ -424,7 +427,8 @@ class TabletopEnv(GoalEnv):
     # ------------------------------------------------------------------ dynamics
     def _random_reset(self, rng: np.random.Generator, door: float | None = None) -> None:
         """A random start: hand at its reset point (or uniform), objects uniform over their range
-        (blocks of push3 at least 8 cm apart), gripper half open, then 100 physics steps to settle."""
+        (blocks of push3 at least 8 cm apart), the door uniform over its range (or at ``door``),
+        the gripper half open."""
         self._mj.mj_resetData(self.model, self.data)
         scene = self.scene
         if scene.hand_reset is not None:
