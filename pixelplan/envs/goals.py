@@ -214,6 +214,16 @@ def default_cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "pixelplan"
 
 
+def _cache_file(key: dict, folder: str, infix: str, cache_dir) -> tuple[str, Path]:
+    """The canonical JSON text of ``key`` and the cache file it names:
+    ``<cache>/<folder>/<env>-<infix><hash of the text>.npz``."""
+    text = json.dumps(key, sort_keys=True)
+    digest = hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(key.get("env", "env")))
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return text, root / folder / f"{name}-{infix}{digest}.npz"
+
+
 def cached_goal_sets(key: dict, build: Callable[[], GoalSets], cache_dir: str | os.PathLike | None = None,
                      ) -> tuple[GoalSets, Path]:
     """Load the goal sets that ``key`` identifies from the cache, or ``build()`` and store them.
@@ -224,11 +234,7 @@ def cached_goal_sets(key: dict, build: Callable[[], GoalSets], cache_dir: str | 
     the same sets at once cannot leave a torn file.
     """
     key = {**key, "format": GOAL_SET_FORMAT}
-    text = json.dumps(key, sort_keys=True)
-    digest = hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
-    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(key.get("env", "env")))
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = root / "goals" / f"{name}-{digest}.npz"
+    text, path = _cache_file(key, "goals", "", cache_dir)
     if path.exists():
         try:
             sets, stored_key = _load_sets(path)
@@ -420,11 +426,7 @@ def cached_tasks(key: dict, build: Callable[[], list], cache_dir: str | os.PathL
     """The task set ``key`` identifies, from the cache or ``build()`` then stored (atomically), as
     :func:`cached_goal_sets` does for goal sets."""
     key = {**key, "format": GOAL_SET_FORMAT, "kind": "tasks"}
-    text = json.dumps(key, sort_keys=True)
-    digest = hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
-    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(key.get("env", "env")))
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = root / "tasks" / f"{name}-{key.get('tasks', 'tasks')}-{digest}.npz"
+    text, path = _cache_file(key, "tasks", f"{key.get('tasks', 'tasks')}-", cache_dir)
     if path.exists():
         try:
             tasks, meta = load_tasks(path)
