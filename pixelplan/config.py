@@ -236,6 +236,91 @@ class PlanetConfig:
 
 
 @dataclass
+class MboldConfig:
+    """MBOLD's hyperparameters (Tian et al. 2021, appendix A; docs/mbold.md), and the switches
+    that make its baselines. Defaults are the paper's; MBOLD shares nothing with ``shared``."""
+
+    # --- which method: the paper's baselines are these switches ---
+    distance: Literal["q", "pixel", "vae", "temporal"] = "q"
+    """the planning score: q = MBOLD's learned dynamical distance; pixel = Visual Foresight's
+    pixel l2; vae = l2 between beta-VAE latents; temporal = a regression of the steps between frames"""
+    negatives: Literal["arm_knn", "uniform", "none"] = "arm_knn"
+    """negative goals for the Q-function: arm_knn = frames of other trajectories with near arm
+    joints (MBOLD); uniform = any stored frame; none = the no-negatives ablation"""
+    planner: Literal["cem", "actor", "q_shooting"] = "cem"
+    """cem = CEM over the video model (MBOLD and the model-based baselines); actor = the
+    Q-function's actor, no model; q_shooting = the best of shooting_actions random actions
+    under Q (the paper's 'Q-function only', C.3)"""
+
+    # --- video model (section 4; nets/video.py) ---
+    video_width: int = 16
+    """channels of the video model's first conv (then 2x, 2x)"""
+    video_hidden: int = 32
+    """channels of its conv-LSTM"""
+    context: int = 2
+    """context frames the video model is given (the run's frame_stack must be at least this)"""
+    window: int = 15
+    """frames per training window: context, then the rest predicted"""
+    video_batch: int = 16
+    video_lr: float = 1e-3
+    image_loss: Literal["l1", "l2"] = "l1"
+    """l1 (the released configuration) or l2 (equation 1)"""
+    video_from: str | None = None
+    """reuse the trained video model of this MBOLD run directory, frozen (its baselines can
+    share one); None = train one"""
+
+    # --- distance (A.1, table 2) ---
+    batch_size: int = 64
+    lr: float = 3e-4
+    gamma: float = 0.8
+    polyak: float = 0.995
+    goal_p: float = 0.3
+    """p of the geometric law of the relabelled goal's offset"""
+    negative_frac: float = 0.5
+    """fraction of each Q batch given negative goals"""
+    knn_states: int = 200_000
+    """frames in the negatives' nearest-neighbour index (all of them when fewer)"""
+    knn_neighbours: int = 10
+    """a negative is drawn from this many nearest frames of other trajectories"""
+    reward_step: float = 1.0
+    reward_goal: float = 10.0
+    target_noise: float = 0.1
+    target_noise_clip: float = 0.2
+    policy_delay: int = 2
+    """critic updates per actor update (TD3's)"""
+    cql: bool = True
+    cql_slack: float = 30.0
+    """the Lagrange slack tau (the door's preset sets 10)"""
+    cql_actions: int = 10
+    cql_alpha_lr: float = 1e-3
+    distance_updates: int | None = None
+    """stop training the distance after this many updates (the paper: 93,750); None = every update"""
+    vae_latent: int = 8
+    vae_kl: float = 1e-3
+    temporal_max: int = 10
+    """temporal regression's label is min(steps, temporal_max) (C.2)"""
+
+    # --- planning (A.2, table 3) ---
+    horizon: int = 13
+    iterations: int = 3
+    candidates: int = 200
+    elites: int = 10
+    execute: int = 6
+    """actions of each plan executed before replanning"""
+    init_std: list[float] | None = None
+    """CEM's initial std per action dimension; None = the dataset's collection std (random.noise_std)"""
+    noise_beta: float = 0.5
+    """the correlated sampling's beta (Nagabandi et al.'s filter)"""
+    shooting_actions: int = 100
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """arithmetic of the video model at training and planning (the distances stay fp32)"""
+
+    # --- diagnostics ---
+    openloop_videos: int = 4
+    """open-loop predictions written at each evaluation (rows of the GIF); 0 = none"""
+
+
+@dataclass
 class RandomConfig:
     """The random agent (the floor row of every table)."""
 
@@ -259,7 +344,7 @@ class Config:
     env_options: dict[str, str] = field(default_factory=dict)
     """keyword arguments for the env, e.g. --env-options size 9 start random"""
     agent: str = "glamor"
-    """which agent to train: glamor, gcsl, discern, planet or random"""
+    """which agent to train: glamor, gcsl, discern, planet, mbold or random"""
     label: str | None = None
     """this run's name in results tables, e.g. glamor-randomcollect for an ablation;
     None = the agent's name"""
@@ -336,6 +421,7 @@ class Config:
     gcsl: GcslConfig = field(default_factory=GcslConfig)
     discern: DiscernConfig = field(default_factory=DiscernConfig)
     planet: PlanetConfig = field(default_factory=PlanetConfig)
+    mbold: MboldConfig = field(default_factory=MboldConfig)
     random: RandomConfig = field(default_factory=RandomConfig)
 
 
@@ -361,6 +447,8 @@ def preset(names: str | Sequence[str] = "auto", env: str = "gridworld", agent: s
         raise ValueError(f"presets {' '.join(names)}: give at most one base preset ({', '.join(BASE_PRESETS)}), "
                          f"first, then overlays ({', '.join(OVERLAY_PRESETS)})")
     base = names[0] if bases else "auto"
+    if agent == "mbold":
+        return _mbold_preset(base, names, env)
     planet = agent == "planet"
     if base == "auto":
         base = "paper" if planet or env.startswith(PAPER_SUITES) else "gridworld"
@@ -368,7 +456,7 @@ def preset(names: str | Sequence[str] = "auto", env: str = "gridworld", agent: s
         raise ValueError("PlaNet has no gridworld preset (it plans continuous actions on reward tasks); "
                          "use --preset paper, optionally with the cpu or debug overlay")
     if "cpu" in names and not planet:
-        raise ValueError(f"the cpu preset is PlaNet's (--agent planet); {agent} has none: use --preset "
+        raise ValueError(f"the cpu preset is PlaNet's and MBOLD's; {agent} has none: use --preset "
                          f"{base} or --preset {base} debug")
     cfg = (_planet_paper if planet else _BASES[base])(env)
     cfg.agent = agent
@@ -446,6 +534,33 @@ def _planet_debug(cfg: Config) -> Config:
                                    horizon=4, iterations=2, candidates=16, elites=4, openloop_videos=2))
 
 
+def _mbold_preset(base: str, names: list[str], env: str) -> Config:
+    """MBOLD's presets: ``paper`` (= ``auto``) is appendix A; ``cpu`` shrinks the budget to what
+    this project's CPU trains in about an hour; ``debug`` runs every path in seconds."""
+    if base == "gridworld":
+        raise ValueError("MBOLD has no gridworld preset (it plans continuous actions on MBOLD's tabletop scenes); "
+                         "use --preset paper, optionally with the cpu or debug overlay")
+    overlays = [n for n in names if n in OVERLAY_PRESETS]
+    cfg = Config(env=env, agent="mbold", frame_stack=2, updates=200_000, eval_every_updates=50_000,
+                 checkpoint_every_updates=2_000, log_every_updates=500,
+                 mbold=MboldConfig(distance_updates=93_750, cql_slack=10.0 if env == "tabletop:door" else 30.0))
+    if "cpu" in overlays:
+        cfg = dataclasses.replace(cfg, updates=4_000, eval_every_updates=4_000, checkpoint_every_updates=500,
+                                  log_every_updates=100, mbold=dataclasses.replace(cfg.mbold, distance_updates=None))
+    if "debug" in overlays:
+        cfg = dataclasses.replace(
+            cfg, updates=6, eval_every_updates=3, checkpoint_every_updates=3, log_every_updates=2, eval_episodes=2,
+            mbold=dataclasses.replace(cfg.mbold, distance_updates=None, video_width=4, video_hidden=4, window=5,
+                                      video_batch=2, batch_size=8, knn_states=2_000, horizon=3, iterations=2,
+                                      candidates=8, elites=2, execute=2, shooting_actions=8, openloop_videos=1))
+    cfg.preset = "+".join(["paper"] + [n for n in ("cpu", "debug") if n in overlays])
+    noise = suites.collection_noise(env)
+    if noise is not None:
+        cfg.random = RandomConfig(policy="correlated", noise_std=noise["std"], noise_beta=noise["beta"])
+        cfg.mbold.noise_beta = noise["beta"]
+    return cfg
+
+
 _BASES = {"paper": _paper, "gridworld": _gridworld}
 _OVERLAYS = {"debug": _debug}
 _PLANET_OVERLAYS = {"debug": _planet_debug, "cpu": _planet_cpu}
@@ -456,11 +571,11 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 _SECTIONS = {"shared": SharedConfig, "glamor": GlamorConfig, "gcsl": GcslConfig, "discern": DiscernConfig,
-             "planet": PlanetConfig, "random": RandomConfig}
+             "planet": PlanetConfig, "mbold": MboldConfig, "random": RandomConfig}
 
 #: the config sections each agent reads, besides the run settings (and ``shared``, except PlaNet)
 AGENT_SECTIONS = {"glamor": ("shared", "glamor"), "gcsl": ("shared", "gcsl"), "discern": ("shared", "discern"),
-                  "planet": ("planet",), "random": ("shared", "random")}
+                  "planet": ("planet",), "mbold": ("mbold", "random"), "random": ("shared", "random")}
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -504,7 +619,8 @@ RESUMABLE_FIELDS = {"steps", "out", "device", "threads", "env_workers", "eval_ev
                     "keep_previous_checkpoint", "preset", "dataset", "dataset_memory", "updates",
                     "eval_every_updates", "checkpoint_every_updates", "log_every_updates",
                     "shared.precision", "glamor.lstm_buckets", "planet.precision", "eval_video",
-                    "planet.openloop_videos", "planet.openloop_context"}
+                    "planet.openloop_videos", "planet.openloop_context", "mbold.precision",
+                    "mbold.openloop_videos"}
 
 
 def incompatible_fields(saved: Config, new: Config) -> list[str]:
@@ -569,6 +685,7 @@ def validate(cfg: Config) -> None:
          f"updates_per_episode must be >= 0, or None to train during rounds at replay_ratio, "
          f"got {cfg.updates_per_episode}")
     _validate_planet(cfg.planet, need)
+    _validate_mbold(cfg, need)
     r = cfg.random
     need(r.policy in ("uniform", "correlated"), f"random.policy must be uniform or correlated, got {r.policy!r}")
     need(0 < r.noise_beta <= 1, f"random.noise-beta must be in (0, 1], got {r.noise_beta}")
@@ -604,3 +721,32 @@ def _validate_planet(p: PlanetConfig, need) -> None:
     need(p.openloop_videos >= 0 and p.openloop_context >= 1,
          f"planet.openloop_videos must be >= 0 and openloop_context >= 1, got {p.openloop_videos}, "
          f"{p.openloop_context}")
+
+
+def _validate_mbold(cfg: Config, need) -> None:
+    m = cfg.mbold
+    for name, allowed in (("distance", ("q", "pixel", "vae", "temporal")), ("negatives", ("arm_knn", "uniform", "none")),
+                          ("planner", ("cem", "actor", "q_shooting")), ("image_loss", ("l1", "l2")),
+                          ("precision", ("auto", "fp32", "bf16"))):
+        need(getattr(m, name) in allowed, f"mbold.{name} must be one of {', '.join(allowed)}, got {getattr(m, name)!r}")
+    for name in ("video_width", "video_hidden", "context", "video_batch", "batch_size", "knn_states", "knn_neighbours",
+                 "cql_actions", "policy_delay", "vae_latent", "temporal_max", "horizon", "iterations", "candidates",
+                 "elites", "execute", "shooting_actions"):
+        need(getattr(m, name) >= 1, f"mbold.{name} must be >= 1, got {getattr(m, name)}")
+    need(m.window > m.context, f"mbold.window ({m.window} frames) must exceed mbold.context ({m.context})")
+    need(m.elites <= m.candidates, f"mbold.elites ({m.elites}) must not exceed mbold.candidates ({m.candidates})")
+    need(m.execute <= m.horizon, f"mbold.execute ({m.execute}) must not exceed mbold.horizon ({m.horizon})")
+    need(0 < m.gamma < 1, f"mbold.gamma must be in (0, 1), got {m.gamma}")
+    need(0 <= m.polyak < 1, f"mbold.polyak must be in [0, 1), got {m.polyak}")
+    need(0 < m.goal_p <= 1, f"mbold.goal_p must be in (0, 1], got {m.goal_p}")
+    need(0 <= m.negative_frac <= 1, f"mbold.negative_frac must be in [0, 1], got {m.negative_frac}")
+    need(m.lr > 0 and m.video_lr > 0 and m.cql_alpha_lr > 0, "mbold.lr, video_lr and cql_alpha_lr must be > 0")
+    need(m.target_noise >= 0 and m.target_noise_clip >= 0, "mbold.target_noise and target_noise_clip must be >= 0")
+    need(0 < m.noise_beta <= 1, f"mbold.noise_beta must be in (0, 1], got {m.noise_beta}")
+    need(m.init_std is None or (len(m.init_std) > 0 and all(v > 0 for v in m.init_std)),
+         f"mbold.init_std must be one value > 0 per action dimension, got {m.init_std}")
+    need(m.distance_updates is None or m.distance_updates >= 0,
+         f"mbold.distance_updates must be >= 0 or None, got {m.distance_updates}")
+    if cfg.agent == "mbold":
+        need(cfg.frame_stack >= m.context, f"frame_stack ({cfg.frame_stack}) must be at least mbold.context "
+                                           f"({m.context}): the video model's context comes from the state's frames")

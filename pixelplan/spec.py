@@ -45,12 +45,19 @@ class EnvSpec:
     action_high: tuple[float, ...] = ()
     has_reward: bool = False
     has_goals: bool = True
+    actuated_features: tuple[int, ...] = ()
+    """indices into the env's ``info["features"]`` of what the agent moves directly (a robot
+    arm's joints): MBOLD mines its negative goals by them; () = the env declares none"""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "frame_shape", tuple(int(d) for d in self.frame_shape))
         object.__setattr__(self, "action_shape", tuple(int(d) for d in self.action_shape))
         object.__setattr__(self, "action_low", tuple(float(v) for v in self.action_low))
         object.__setattr__(self, "action_high", tuple(float(v) for v in self.action_high))
+        object.__setattr__(self, "actuated_features", tuple(int(i) for i in self.actuated_features))
+        if any(i < 0 for i in self.actuated_features):
+            raise ValueError(f"actuated_features are indices into the features and must be >= 0, got "
+                             f"{self.actuated_features}")
         if self.n_actions is not None:
             if int(self.n_actions) < 1 or self.action_shape or self.action_low or self.action_high:
                 raise ValueError(f"a discrete action space needs n_actions >= 1 and no Box shape or bounds, got "
@@ -115,12 +122,13 @@ class EnvSpec:
                 "n_actions": self.n_actions, "max_episode_steps": self.max_episode_steps,
                 "action_shape": list(self.action_shape), "action_low": list(self.action_low),
                 "action_high": list(self.action_high), "has_reward": self.has_reward,
-                "has_goals": self.has_goals}
+                "has_goals": self.has_goals,
+                **({"actuated_features": list(self.actuated_features)} if self.actuated_features else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EnvSpec":
         """The inverse of :meth:`to_dict`; also reads the older four-key spec of discrete goal
         envs (frame_shape, frame_stack, n_actions, max_episode_steps) that earlier checkpoints hold."""
         known = {"frame_shape", "frame_stack", "n_actions", "max_episode_steps", "action_shape", "action_low",
-                 "action_high", "has_reward", "has_goals"}
+                 "action_high", "has_reward", "has_goals", "actuated_features"}
         return cls(**{k: v for k, v in d.items() if k in known})

@@ -27,12 +27,17 @@ def _planet(cfg, spec, device, seed):
     return PlanetAgent(cfg, spec, device, seed)
 
 
+def _mbold(cfg, spec, device, seed):
+    from pixelplan.agents.mbold import MboldAgent
+    return MboldAgent(cfg, spec, device, seed)
+
+
 def _random(cfg, spec, device, seed):
     from pixelplan.agents.random import RandomAgent
     return RandomAgent(cfg, spec, device, seed)
 
 
-AGENTS = {"glamor": _glamor, "gcsl": _gcsl, "discern": _discern, "planet": _planet, "random": _random}
+AGENTS = {"glamor": _glamor, "gcsl": _gcsl, "discern": _discern, "planet": _planet, "mbold": _mbold, "random": _random}
 
 
 def make_agent(name: str, cfg, spec: EnvSpec, device, seed: int) -> Agent:

@@ -65,7 +65,7 @@ class ReplayBuffer:
     """
 
     def __init__(self, capacity: int, frame_shape: tuple[int, ...], frame_stack: int = 4,
-                 action_shape: tuple[int, ...] = (), action_dtype: str | np.dtype = "int64"):
+                 action_shape: tuple[int, ...] = (), action_dtype: str | np.dtype = "int64", feature_dim: int = 0):
         capacity = int(capacity)
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
@@ -88,6 +88,9 @@ class ReplayBuffer:
         self.action_dtype = action_dtype
         self.discrete = action_dtype == np.int64
         self.pad = PAD if self.discrete else FLOAT_PAD
+        if int(feature_dim) < 0:
+            raise ValueError(f"feature_dim must be >= 0 (0 = no features), got {feature_dim}")
+        self.feature_dim = int(feature_dim)
 
         self._frames = np.zeros((capacity, *frame_shape), dtype=np.uint8)
         # Action taken at the slot's frame, or the pad value at an episode's final frame.
@@ -100,6 +103,9 @@ class ReplayBuffer:
         self._ep_len = np.zeros(capacity, dtype=np.int64)
         # Episode id of the slot, or -1 when the slot holds no retained frame.
         self._ep_id = np.full(capacity, -1, dtype=np.int64)
+        # The env's evaluation features of the slot's frame (``info["features"]``), when the
+        # store keeps them (``feature_dim`` > 0: MBOLD's negative mining reads the arm's joints).
+        self._features = np.full((capacity if self.feature_dim else 0, self.feature_dim), np.nan, np.float32)
 
         # Retained episodes, oldest first: (episode id, start slot, number of frames).
         self._episodes: deque[tuple[int, int, int]] = deque()
@@ -126,27 +132,38 @@ class ReplayBuffer:
     @property
     def nbytes(self) -> int:
         """Memory of all preallocated arrays."""
-        return int(self._frames.nbytes + self._actions.nbytes + self._rewards.nbytes
+        return int(self._frames.nbytes + self._actions.nbytes + self._rewards.nbytes + self._features.nbytes
                    + sum(getattr(self, "_" + n).nbytes for n in _META))
 
     @staticmethod
-    def bytes_needed(capacity: int, frame_shape: tuple[int, ...], action_shape: tuple[int, ...] = ()) -> int:
+    def bytes_needed(capacity: int, frame_shape: tuple[int, ...], action_shape: tuple[int, ...] = (),
+                     feature_dim: int = 0) -> int:
         """Memory the arrays of a buffer with this capacity, frame shape and action shape will
         take (an int64 index, or float32 entries of ``action_shape``)."""
         capacity = int(capacity)
         per_frame = math.prod(int(d) for d in frame_shape)
         per_action = 4 * math.prod(action_shape) if action_shape else 8
-        return capacity * (per_frame + 8 * len(_META) + per_action + 4)     # + the float32 reward
+        return capacity * (per_frame + 8 * len(_META) + per_action + 4 + 4 * int(feature_dim))   # + reward, features
 
     # ------------------------------------------------------------------ writing
-    def add_episode(self, frames: np.ndarray, actions: np.ndarray, rewards: np.ndarray | None = None) -> None:
+    def add_episode(self, frames: np.ndarray, actions: np.ndarray, rewards: np.ndarray | None = None,
+                    features: np.ndarray | None = None) -> None:
         """Append one whole episode.
 
         frames: (L+1, *frame_shape) uint8, the first observation and the one after each action.
         actions: (L,) integers >= 0 (discrete), or (L, *action_shape) finite floats;
             ``actions[i]`` taken at ``frames[i]``.
         rewards: (L,) finite floats, ``rewards[i]`` returned for ``actions[i]``; None = zeros.
+        features: (L+1, feature_dim) floats, one row per frame, when the store keeps features
+            (None there stores NaN); must be None when it does not.
         """
+        if features is not None:
+            features = np.asarray(features, dtype=np.float32)
+            if not self.feature_dim:
+                raise ValueError("this store keeps no features (feature_dim 0); build it with feature_dim")
+            if features.shape != (len(frames), self.feature_dim):
+                raise ValueError(f"features must have shape ({len(frames)}, {self.feature_dim}), one row per "
+                                 f"frame, got {features.shape}")
         frames = np.asarray(frames)
         actions = np.asarray(actions)
         rewards = np.zeros(len(actions), np.float32) if rewards is None else np.asarray(rewards, dtype=np.float32)
@@ -200,6 +217,8 @@ class ReplayBuffer:
         acts[: n - 1] = actions
         self._set_slots(w, n, self._frames, frames)
         self._set_slots(w, n, self._actions, acts)
+        if self.feature_dim:
+            self._set_slots(w, n, self._features, np.nan if features is None else features)
         rew = np.zeros(n, dtype=np.float32)
         rew[: n - 1] = rewards
         self._set_slots(w, n, self._rewards, rew)
@@ -258,6 +277,17 @@ class ReplayBuffer:
     def actions_at(self, slots: np.ndarray) -> np.ndarray:
         """The action taken at each slot's frame (the pad value at an episode's final frame)."""
         return self._actions[np.asarray(slots, dtype=np.int64)]
+
+    def features_at(self, slots: np.ndarray) -> np.ndarray:
+        """The features of each slot's frame, float32 (..., feature_dim) (NaN where an episode
+        was added without them); only for a store built with ``feature_dim`` > 0."""
+        if not self.feature_dim:
+            raise ValueError("this store keeps no features: build it with feature_dim (the dataset's features)")
+        return self._features[np.asarray(slots, dtype=np.int64)]
+
+    def episode_ids(self, slots: np.ndarray) -> np.ndarray:
+        """The id of each slot's episode (ids count episodes in the order they were added)."""
+        return self._ep_id[np.asarray(slots, dtype=np.int64)]
 
     def positions(self, slots: np.ndarray) -> np.ndarray:
         """Each slot's position within its episode (0 = the first observation)."""
@@ -353,6 +383,7 @@ class ReplayBuffer:
             "actions": c(self._actions[:used]),
             **{n: c(getattr(self, "_" + n)[:used]) for n in _META},
             "rewards": c(self._rewards[:used]),
+            **({"features": c(self._features[:used])} if self.feature_dim else {}),
             "episodes": eps,
             "write": self._write,
             "num_frames": self._num_frames,
@@ -398,6 +429,13 @@ class ReplayBuffer:
             raise ValueError(f"state_dict['rewards'] must have shape ({used},), got {rewards.shape}")
         self._rewards[:used] = rewards
         self._rewards[used:] = 0
+        if self.feature_dim:
+            features = np.asarray(state.get("features", np.full((used, self.feature_dim), np.nan, np.float32)))
+            if features.shape != (used, self.feature_dim):
+                raise ValueError(f"state_dict['features'] must have shape ({used}, {self.feature_dim}), got "
+                                 f"{features.shape}")
+            self._features[:used] = features
+            self._features[used:] = np.nan
         self._episodes = deque((int(i), int(s), int(m)) for i, s, m in eps)
         self._write = int(state["write"])
         self._num_frames = int(state["num_frames"])

@@ -33,6 +33,7 @@ import numpy as np
 from .replay import HindsightBatch, ReplayBuffer
 
 __all__ = ["HindsightSampler", "SequenceSampler", "SequenceBatch", "GoalPairSampler", "GoalPairBatch",
+           "ArmNeighbours", "MboldSampler", "MboldBatch",
            "offset_probabilities"]
 
 OffsetLaw = Literal["uniform", "geometric"]
@@ -210,3 +211,124 @@ def _positive(**values) -> None:
     for name, v in values.items():
         if int(v) < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
+
+
+class ArmNeighbours:
+    """MBOLD's negative goals (A.1): for a state, a frame of *another* trajectory whose actuated
+    features (the arm's joints) are among the ``neighbours`` nearest to the state's, by l2.
+
+    The index holds the actuated features of ``n_index`` stored frames (MBOLD: 200,000, about
+    60% of its dataset), drawn once with a generator of their own (``index_seed``), so that the
+    same store always gives the same index and a resumed run draws the same negatives; it is
+    searched exactly (faiss ``IndexFlatL2``). A state whose nearest indexed frames all belong to
+    its own trajectory gets a frame of another trajectory uniformly at random instead.
+    """
+
+    def __init__(self, store: ReplayBuffer, actuated: tuple[int, ...], n_index: int = 200_000,
+                 neighbours: int = 10, index_seed: int = 0):
+        if not actuated:
+            raise ValueError("negative mining needs the env's actuated features (EnvSpec.actuated_features), and "
+                             "this env declares none; use uniform negatives or none")
+        if not store.feature_dim:
+            raise ValueError("negative mining needs the dataset's features, and this store keeps none: collect "
+                             "the dataset with an env that reports info['features']")
+        if max(actuated) >= store.feature_dim:
+            raise ValueError(f"actuated features {actuated} index past the dataset's {store.feature_dim} features")
+        import faiss
+
+        slots = store.valid_indices()
+        keep = np.random.default_rng(index_seed).permutation(len(slots))[:n_index]
+        self.slots = np.sort(slots[keep])
+        self.actuated = tuple(actuated)
+        keys = self._keys(store, self.slots)
+        if np.isnan(keys).any():
+            raise ValueError("some stored frames have no features (NaN): negative mining needs them for every frame")
+        self.neighbours = int(neighbours)
+        self.index = faiss.IndexFlatL2(keys.shape[1])
+        self.index.add(keys)
+        self.episodes = store.episode_ids(self.slots)
+        self.n_episodes = len(np.unique(self.episodes))
+
+    def _keys(self, store: ReplayBuffer, slots: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(store.features_at(slots)[:, list(self.actuated)], dtype=np.float32)
+
+    def draw(self, store: ReplayBuffer, starts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One negative goal slot per start slot."""
+        starts = np.asarray(starts, dtype=np.int64)
+        if self.n_episodes < 2:
+            raise ValueError("negative goals come from other trajectories, and the store holds one")
+        # search a margin beyond k, since the state's own trajectory is excluded
+        k = min(len(self.slots), 4 * self.neighbours)
+        _, found = self.index.search(self._keys(store, starts), k)
+        own = store.episode_ids(starts)
+        out = np.empty(len(starts), dtype=np.int64)
+        u = rng.random(len(starts))
+        for i, row in enumerate(found):
+            row = row[row >= 0]
+            other = row[self.episodes[row] != own[i]][: self.neighbours]
+            if len(other):
+                out[i] = self.slots[other[int(u[i] * len(other))]]
+            else:                                   # every near frame is the state's own: any other trajectory
+                pool = np.flatnonzero(self.episodes != own[i])
+                out[i] = self.slots[pool[int(u[i] * len(pool))]]
+        return out
+
+
+class MboldBatch(NamedTuple):
+    """What one MBOLD update trains on: video windows (None when the video model is not
+    trained) and goal pairs (None when no distance is learned)."""
+
+    windows: SequenceBatch | None
+    pairs: GoalPairBatch | None
+
+
+class MboldSampler:
+    """Video windows (a :class:`SequenceSampler`) and distance pairs, drawn together.
+
+    The pairs are a :class:`GoalPairSampler`'s (goals ``offset`` steps later by ``law``); then
+    exactly ``round(negative_frac * batch)`` rows, chosen at random, get a negative goal instead
+    (``negative`` True, ``offset`` -1): from :class:`ArmNeighbours` (``negatives="arm_knn"``,
+    MBOLD's), uniformly from the whole store (``"uniform"``), or none (``"none"``, the paper's
+    no-negatives ablation). The negatives' index is built on the first batch from the store.
+    """
+
+    def __init__(self, windows: SequenceSampler | None, pairs: GoalPairSampler | None,
+                 negatives: Literal["arm_knn", "uniform", "none"] = "arm_knn", negative_frac: float = 0.5,
+                 actuated: tuple[int, ...] = (), n_index: int = 200_000, neighbours: int = 10, index_seed: int = 0):
+        if negatives not in ("arm_knn", "uniform", "none"):
+            raise ValueError(f"negatives must be arm_knn, uniform or none, got {negatives!r}")
+        if pairs is not None and pairs.negative_prob:
+            raise ValueError("MboldSampler draws the negatives itself: give it a GoalPairSampler without negative_prob")
+        if not 0 <= negative_frac <= 1:
+            raise ValueError(f"negative_frac must be in [0, 1], got {negative_frac}")
+        self.windows, self.pairs = windows, pairs
+        self.negatives, self.negative_frac = negatives, float(negative_frac) if negatives != "none" else 0.0
+        self.actuated, self.n_index, self.neighbours, self.index_seed = tuple(actuated), n_index, neighbours, index_seed
+        self._index: ArmNeighbours | None = None
+        self._index_of: int | None = None
+
+    @property
+    def samples_per_batch(self) -> int:
+        return self.pairs.batch_size if self.pairs is not None else self.windows.samples_per_batch
+
+    def neighbours_of(self, store: ReplayBuffer) -> ArmNeighbours:
+        if self._index is None or self._index_of != id(store):
+            self._index = ArmNeighbours(store, self.actuated, self.n_index, self.neighbours, self.index_seed)
+            self._index_of = id(store)
+        return self._index
+
+    def sample(self, store: ReplayBuffer, rng: np.random.Generator) -> MboldBatch:
+        windows = self.windows.sample(store, rng) if self.windows is not None else None
+        pairs = self.pairs.sample(store, rng) if self.pairs is not None else None
+        if pairs is not None and self.negative_frac > 0:
+            n = len(pairs.start)
+            rows = rng.permutation(n)[: int(round(self.negative_frac * n))]
+            if self.negatives == "arm_knn":
+                goal_slots = self.neighbours_of(store).draw(store, pairs.start[rows], rng)
+            else:
+                valid = store.valid_indices()
+                goal_slots = valid[rng.integers(0, len(valid), size=len(rows))]
+            goal, offset, negative = pairs.goal.copy(), pairs.offset.copy(), pairs.negative.copy()
+            goal[rows], offset[rows], negative[rows] = store.frames_at(goal_slots), -1, True
+            pairs = pairs._replace(goal=goal, offset=offset, negative=negative)
+        return MboldBatch(windows, pairs)

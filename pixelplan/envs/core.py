@@ -732,7 +732,8 @@ def spec_of(env: gym.Env, frame_stack: int | None = None) -> EnvSpec:
     stack = int(getattr(env, "k", 1)) if frame_stack is None else int(frame_stack)
     common = dict(frame_shape=tuple(base.observation_space.shape), frame_stack=stack,
                   max_episode_steps=int(base.max_episode_steps), has_reward=bool(getattr(base, "has_reward", False)),
-                  has_goals=bool(getattr(base, "has_goals", True)))
+                  has_goals=bool(getattr(base, "has_goals", True)),
+                  actuated_features=tuple(getattr(base, "actuated_features", ())))
     if isinstance(space, gym.spaces.Discrete):
         if int(space.start) != 0:
             raise ValueError(f"Discrete action spaces must start at 0, got {space}")

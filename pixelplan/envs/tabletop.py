@@ -359,6 +359,8 @@ class TabletopEnv(GoalEnv):
         # Success on a test task is its own rule (GoalTask); this spec's per-feature tolerance
         # (the scene's threshold on positions, everything else ignored) only judges plain goals.
         self.goal_spec = GoalSpec(tuple(names), np.array(low), np.array(high), np.array(tol))
+        # the arm's three joint angles: what MBOLD's negative mining compares (its "arm joint l2")
+        self.actuated_features = tuple(names.index(n) for n in ("shoulder_yaw", "shoulder_pitch", "elbow"))
         self.collection_noise = {"std": list(self.scene.noise_std), "beta": NOISE_BETA}
         self._hand = np.array(self.scene.hand_reset or (CENTRE[0], CENTRE[1], self.scene.hand_reset_z), np.float64)
         self._grip = 0.5 * (GRIP_CLOSED + GRIP_OPEN)

@@ -32,6 +32,7 @@ from pixelplan.config import Config
 from pixelplan.data.dataset import DatasetError, read_episodes, verify
 from pixelplan.data.disk_store import DiskEpisodeStore
 from pixelplan.data.replay import ReplayBuffer, ReplayTooLarge, check_replay_fits
+from pixelplan.data.samplers import HindsightSampler
 from pixelplan.envs.vector import EnvPool
 from pixelplan.runs.checkpoints import CHECKPOINT, LoopState, check_resumable, checkpoint_now, open_run
 from pixelplan.runs.common import check_out_dir, env_workers, prepare, write_summary
@@ -73,6 +74,12 @@ def train_offline(cfg: Config) -> dict:
         raise ValueError(f"agent {cfg.agent} does not learn: offline training needs a learning agent (glamor, gcsl, discern or planet)")
     frames = int(attrs["frames"])           # verified against the content by dataset_config
     where = store_location(cfg.dataset_memory, frames, spec.frame_shape, action_shape=spec.action_shape)
+    if where == "disk" and not isinstance(agent.sampler, HindsightSampler):
+        need = ReplayBuffer.bytes_needed(frames, spec.frame_shape, spec.action_shape) / 2**30
+        raise DatasetError(f"agent {cfg.agent} trains from {type(agent.sampler).__name__} batches, which only the "
+                           f"in-memory store serves, but the dataset's {frames:,} frames ({need:.1f} GiB) are to be "
+                           f"read from disk; use --dataset-memory ram on a machine with the memory, or a smaller "
+                           f"dataset")
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         remove_stale_temporaries(out)
@@ -108,13 +115,21 @@ def open_store(cfg: Config, spec, frames: int, where: str) -> ReplayBuffer | Dis
             raise DatasetError(f"{cfg.dataset} holds frames of shape {store.frame_shape}, but its env gives "
                                f"{spec.frame_shape}: collect it again with this pixelplan")
         return store
-    store = ReplayBuffer(frames, spec.frame_shape, spec.frame_stack, action_shape=spec.action_shape,
-                         action_dtype=spec.action_dtype)
+    store = None
     for ep in read_episodes(cfg.dataset):
         if tuple(ep.frames.shape[1:]) != tuple(spec.frame_shape):
             raise DatasetError(f"{cfg.dataset} holds frames of shape {ep.frames.shape[1:]}, but its env gives "
                                f"{spec.frame_shape}: collect it again with this pixelplan")
-        store.add_episode(ep.frames, ep.actions, ep.rewards)
+        if store is None:        # the first episode says whether the file stores the env's features
+            feature_dim = ep.features.shape[1] if ep.features is not None and ep.features.ndim == 2 else 0
+            store = ReplayBuffer(frames, spec.frame_shape, spec.frame_stack, action_shape=spec.action_shape,
+                                 action_dtype=spec.action_dtype, feature_dim=feature_dim)
+        features = ep.features if store.feature_dim else None
+        if features is not None and features.shape != (len(ep.frames), store.feature_dim):
+            features = None      # an episode without (or with other) features: NaN rows
+        store.add_episode(ep.frames, ep.actions, ep.rewards, features=features)
+    if store is None:
+        raise DatasetError(f"{cfg.dataset} holds no episodes; collect some with `pixelplan collect`")
     return store
 
 

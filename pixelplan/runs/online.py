@@ -257,9 +257,10 @@ class OnlineRun:
 
 
 def _mean(records: list[dict]) -> dict:
-    if not records:
-        return {}
-    return {k: float(np.mean([r[k] for r in records])) for k in records[0]}
+    """Each metric's mean over the updates that reported it (an agent may report a metric on
+    some updates only: MBOLD's actor loss, every policy_delay updates)."""
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    return {k: float(np.mean([r[k] for r in records if k in r])) for k in keys}
 
 
 def _progress(cfg: Config, initial: int):
