@@ -256,7 +256,7 @@ class MboldAgent(AgentBase):
         y = self.q_targets(next_pair, reward, reached, noise)
         qs = [c(pair, action) for c in self.critics]
         td = sum(F.mse_loss(q, y) for q in qs)
-        loss, out = td, {"q_td": float(td), "q_mean": float(qs[0].mean())}
+        loss, out = td, {"q_td": float(td.detach()), "q_mean": float(qs[0].detach().mean())}
         if m.cql:
             rand = torch.rand((len(action), m.cql_actions, self.action_dim), generator=self.train_generator,
                               device=self.device) * 2 - 1
@@ -276,7 +276,7 @@ class MboldAgent(AgentBase):
             self.optimizers["actor"].zero_grad(set_to_none=True)
             actor_loss.backward()
             self.optimizers["actor"].step()
-            out["actor_loss"] = float(actor_loss)
+            out["actor_loss"] = float(actor_loss.detach())
         _polyak(self.target_critics, self.critics, m.polyak)
         _polyak(self.target_actor, self.actor, m.polyak)
         return out
