@@ -2,7 +2,7 @@
 
     pixelplan train [--preset [auto|paper|gridworld] [debug]] [--env NAME] [--agent NAME]
                     [--steps N] [--seed S] [--out DIR] [--glamor.trials 100] [--shared.lr 1e-3] ...
-    pixelplan eval --run DIR [--trials N] [--episodes N]
+    pixelplan eval --run DIR [--trials N] [--episodes N] [--tasks regular|hard]
     pixelplan table RUN_DIR... [--out DIR] [--reference FILE.json] [--metric auto|NAME]
     pixelplan sweep --agents A... --envs E... --seeds S... --out DIR [--parallel N]
                     [--label-suffix NAME] [--metric auto|NAME] [-- TRAIN FLAGS...]
@@ -246,6 +246,8 @@ def _eval(args: list[str]) -> int:
     parser.add_argument("--episodes", type=int, default=None,
                         help="evaluation episodes (default: one per evaluation goal; 10 on reward tasks)")
     parser.add_argument("--seed", type=int, default=10_000, help="seed of the evaluation resets")
+    parser.add_argument("--tasks", default=None,
+                        help="tabletop scenes: the test-task set to evaluate on, regular or hard (default: the run's)")
     opts = parser.parse_args(args)
 
     from pixelplan.runs import plots
@@ -258,7 +260,7 @@ def _eval(args: list[str]) -> int:
         raise ValueError(f"--episodes must be >= 1, got {opts.episodes}")
     if opts.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {opts.seed}")
-    cfg, agent, factory, goals = load_agent(opts.run)
+    cfg, agent, factory, goals = load_agent(opts.run, tasks=opts.tasks)
     if opts.trials is not None:
         if agent.eval_trials is None:
             raise ValueError(f"--trials sets the planner's trials, but {opts.run} is a {cfg.agent} run, which has "
@@ -269,6 +271,9 @@ def _eval(args: list[str]) -> int:
                "trials": agent.eval_trials,
                **result.metrics()}
     name = "eval" if metrics["trials"] is None else f"eval-trials{metrics['trials']}"   # no planner: no trials
+    if opts.tasks is not None:
+        metrics["tasks"] = opts.tasks
+        name += f"-tasks-{opts.tasks}"
     from pixelplan.runs.rundir import write_text_atomically
     write_text_atomically(Path(opts.run, f"{name}.json"), json.dumps(metrics, indent=2) + "\n", what="evaluation")
     if result.success is not None:

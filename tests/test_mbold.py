@@ -387,3 +387,15 @@ def test_cli_refusals_are_one_line_with_exit_code_2(dataset, tmp_path, capsys):
                      "--frame-stack", "1", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "frame_stack" in err and not out.exists()
+
+
+def test_eval_on_the_hard_tasks_of_a_trained_run(dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    train_offline(_cfg(dataset, run))
+    assert cli.main(["eval", "--run", str(run), "--tasks", "hard", "--episodes", "2"]) == 0
+    record = json.loads((run / "eval-trials8-tasks-hard.json").read_text())
+    assert record["tasks"] == "hard" and record["eval_episodes"] == 2
+    capsys.readouterr()
+    assert cli.main(["eval", "--run", str(run), "--tasks", "impossible"]) == 2
+    err = capsys.readouterr().err
+    assert "impossible" in err and len(err.strip().splitlines()) == 1

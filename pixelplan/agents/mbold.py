@@ -207,7 +207,7 @@ class MboldAgent(AgentBase):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"video_loss": float(loss)}
+        return {"video_loss": float(loss.detach())}
 
     def rewards(self, pairs: GoalPairBatch) -> tuple[np.ndarray, np.ndarray]:
         """(reward, reached) per row: reached where the next frame is the goal (a positive at
@@ -292,7 +292,7 @@ class MboldAgent(AgentBase):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"vae_recon": float(rec), "vae_kl": float(kl)}
+        return {"vae_recon": float(rec.detach()), "vae_kl": float(kl.detach())}
 
     def _temporal_step(self, pairs: GoalPairBatch) -> dict[str, float]:
         self.temporal.train()
@@ -304,7 +304,7 @@ class MboldAgent(AgentBase):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"temporal_loss": float(loss)}
+        return {"temporal_loss": float(loss.detach())}
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()

@@ -191,9 +191,10 @@ def load_checkpoint(payload: dict, path: Path, cfg, spec, agent, replay, rng) ->
     return state
 
 
-def load_agent(run_dir) -> tuple[Config, object, object, list | None]:
+def load_agent(run_dir, tasks: str | None = None) -> tuple[Config, object, object, list | None]:
     """The config, agent, env factory and evaluation goals (None on reward tasks) of a saved
-    run, for evaluation."""
+    run, for evaluation; ``tasks`` evaluates on another of the env's test-task sets (MBOLD's
+    tabletop scenes: ``regular`` or ``hard``)."""
     run_dir = Path(run_dir)
     cfg_path, ckpt_path = run_dir / "config.json", run_dir / CHECKPOINT
     if not run_dir.is_dir() or not any(p.exists() for p in (ckpt_path, previous_path(ckpt_path))):
@@ -209,6 +210,11 @@ def load_agent(run_dir) -> tuple[Config, object, object, list | None]:
         cfg = saved
     if config_lib.incompatible_fields(saved, cfg):
         cfg = saved  # config.json was edited or replaced: the weights are the checkpoint's run's
+    if tasks is not None:
+        if not cfg.env.startswith("tabletop:"):
+            raise ValueError(f"--tasks picks a test-task set of MBOLD's tabletop scenes, but {run_dir} is a {cfg.env} "
+                             f"run; leave --tasks out")
+        cfg.env_options = {**cfg.env_options, "tasks": tasks}
     factory, probe, spec, agent, _ = prepare(cfg)
     if not same_spec(payload.get("spec"), spec):
         raise IncompatibleCheckpoint(f"checkpoint {ckpt_path} was made for env spec {payload.get('spec')}, "
