@@ -151,3 +151,14 @@ def test_tabletop_speed_quick(tmp_path):
             assert r["tasks"] == 3 and 0 <= r["random"]["success_rate"] <= 1 and 0 <= r["oracle"]["success_rate"] <= 1
         else:
             _positive(r, ("steps_per_s", "physics_steps_per_s", "render_ms"))
+
+
+def test_mbold_speed_quick():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mbold_speed.py"), "--quick", "--rows", "1", "2",
+                           "--precision", "fp32"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    for name in ("video", "q", "vae", "temporal"):
+        assert result["train"][name]["seconds"] > 0
+    assert [(p["precision"], p["rows"]) for p in result["plan"]] == [("fp32", 1), ("fp32", 2)]
+    assert all(p["seconds_per_action"] > 0 for p in result["plan"])
