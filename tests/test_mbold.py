@@ -399,3 +399,33 @@ def test_eval_on_the_hard_tasks_of_a_trained_run(dataset, tmp_path, capsys):
     assert cli.main(["eval", "--run", str(run), "--tasks", "impossible"]) == 2
     err = capsys.readouterr().err
     assert "impossible" in err and len(err.strip().splitlines()) == 1
+
+
+def test_offline_gcsl_is_the_behaviour_cloning_baseline_on_box_actions(dataset, tmp_path):
+    from pixelplan.agents.gcsl import GcslAgent
+    cfg = config_lib.preset("debug", env="tabletop:push1", agent="gcsl")
+    cfg.env_options, cfg.dataset, cfg.out = dict(SMALL), str(dataset), str(tmp_path / "gcbc")
+    cfg.updates, cfg.eval_every_updates, cfg.checkpoint_every_updates, cfg.log_every_updates = 4, 4, 4, 2
+    cfg.eval_episodes, cfg.threads, cfg.progress = 2, 1, False
+    summary = train_offline(cfg)
+    assert summary["updates"] == 4 and 0 <= summary["success_rate"] <= 1
+    # the loss is the Gaussian NLL of the first action, in [-1, 1] units (actions here are already)
+    spec = EnvSpec(frame_shape=(32, 32, 3), frame_stack=4, n_actions=None, max_episode_steps=30, action_shape=(4,),
+                   action_low=(-2,) * 4, action_high=(2,) * 4)
+    agent = GcslAgent(cfg, spec, torch.device("cpu"), seed=0)
+    out = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.0, -1.0, 0.5, -9.0]])
+    agent._forward = lambda *a: out
+    from pixelplan.data.replay import HindsightBatch
+    actions = np.zeros((1, 3, 4), np.float32)
+    actions[0, 0] = [2.0, 0.0, -2.0, 1.0]                   # unit: 1, 0, -1, 0.5
+    batch = HindsightBatch(state=np.zeros((1, 4, 32, 32, 3), np.uint8), goal=np.zeros((1, 32, 32, 3), np.uint8),
+                           actions=actions, k=np.array([2]), start=np.zeros(1, np.int64))
+    loss, _ = agent.loss(batch)
+    mean, log_std = np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.0, -1.0, 0.5, -5.0])     # log std clamped at -5
+    target = np.array([1.0, 0.0, -1.0, 0.5])
+    expected = (0.5 * ((target - mean) / np.exp(log_std)) ** 2 + log_std + 0.5 * np.log(2 * np.pi)).sum()
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    # acting stays within the bounds
+    agent = GcslAgent(cfg, spec, torch.device("cpu"), seed=0)
+    d = agent.act(np.zeros((3, 4, 32, 32, 3), np.uint8), np.zeros((3, 32, 32, 3), np.uint8), np.zeros(3), False, 0)
+    assert d.actions.shape == (3, 4) and np.all(np.abs(d.actions) <= 2)
