@@ -23,7 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
-USAGE = """usage: pixelplan {train,eval,collect,table,sweep,goals,tasks} ...
+USAGE = """usage: pixelplan {train,eval,collect,table,sweep,goals,tasks,heatmap} ...
 
   train   train an agent (default: GLAMOR on the grid world); re-run to resume;
           --dataset FILE trains offline from a collected dataset
@@ -36,6 +36,8 @@ USAGE = """usage: pixelplan {train,eval,collect,table,sweep,goals,tasks} ...
   goals   draw an env's evaluation (or training) goals as an image grid
   tasks   build an env's test tasks (start state + goal image; MBOLD's tabletop suite), save them
           and draw each start | goal pair
+  heatmap MBOLD's figure 6: trained runs' distances to a goal image as an object moves over
+          the table, beside the pixel MSE, as one PNG
 
 pixelplan <command> --help shows the options."""
 
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             return _collect(rest)
         if command == "tasks":
             return _tasks(rest)
+        if command == "heatmap":
+            return _heatmap(rest)
     except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"pixelplan {command}: error: {exc}", file=sys.stderr)
         return 2
@@ -279,6 +283,64 @@ def _eval(args: list[str]) -> int:
     if result.success is not None:
         plots.goal_strip(result.goal_frames, result.final_frames, result.success, Path(opts.run, f"{name}.png"))
     print(json.dumps(metrics))
+    return 0
+
+
+def _heatmap(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pixelplan heatmap",
+                                     description="MBOLD's figure 6: the distance from frames with one object moved "
+                                                 "over a grid of table positions to a fixed goal image, for each run's "
+                                                 "learned distance and for the pixel MSE.")
+    parser.add_argument("--run", action="append", required=True,
+                        help="an MBOLD run directory (repeat for several: MBOLD, temporal, VAE ...)")
+    parser.add_argument("--out", required=True, help="PNG to write")
+    parser.add_argument("--seed", type=int, default=0, help="the reset that gives the goal state")
+    parser.add_argument("--grid", type=int, default=15, help="positions per axis")
+    parser.add_argument("--block", type=int, default=0, help="which block moves")
+    opts = parser.parse_args(args)
+    if opts.grid < 2 or opts.seed < 0:
+        raise ValueError(f"--grid must be >= 2 and --seed >= 0, got {opts.grid} and {opts.seed}")
+    out = Path(opts.out)
+    if out.is_dir() or not out.parent.exists():
+        raise ValueError(f"--out {out}: give a PNG file name in an existing directory")
+
+    import numpy as np
+
+    from pixelplan.envs import make
+    from pixelplan.envs.tabletop import CENTRE
+    from pixelplan.runs import plots
+    from pixelplan.runs.train import load_agent
+
+    loaded = [load_agent(run) for run in opts.run]
+    cfg = loaded[0][0]
+    for run, (other, agent, _, _) in zip(opts.run, loaded):
+        if (other.env, other.env_options) != (cfg.env, cfg.env_options):
+            raise ValueError(f"{run} is a {other.env} run and {opts.run[0]} a {cfg.env} run: give runs of one env")
+        if not hasattr(agent, "distance"):
+            raise ValueError(f"{run} is a {other.agent} run, which learns no distance between frames; give MBOLD runs")
+    from pixelplan.runs.common import parse_env_options
+    env = make(cfg.env, **parse_env_options(cfg.env_options)).unwrapped
+    if not hasattr(env, "frames_with_block_at") or getattr(env.scene, "n_blocks", 0) <= opts.block:
+        raise ValueError(f"{cfg.env} has no block {opts.block} to move; use a pushing scene (tabletop:push1, push3)")
+    goal_frame, info = env.reset(seed=opts.seed)
+    state = env.get_state()
+    names = list(env.goal_spec.names)
+    goal_xy = (info["features"][names.index(f"block{opts.block}_x")], info["features"][names.index(f"block{opts.block}_y")])
+    half = max(env.object_range, 0.05)            # the blocks' reset range around the table centre
+    xs = CENTRE[0] + np.linspace(-half, half, opts.grid)
+    ys = CENTRE[1] + np.linspace(-half, half, opts.grid)
+    grid = np.stack(np.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
+    frames = env.frames_with_block_at(state, opts.block, grid)
+    env.close()
+    maps = {}
+    for run, (other, agent, _, _) in zip(opts.run, loaded):
+        label = other.label or f"{other.agent} ({other.mbold.distance})"
+        maps[label] = agent.distance(frames, goal_frame).reshape(opts.grid, opts.grid)
+    maps["pixel MSE"] = ((frames.astype(np.float32) - goal_frame.astype(np.float32)) ** 2).mean((1, 2, 3)).reshape(
+        opts.grid, opts.grid)
+    plots.distance_heatmaps(maps, xs, ys, goal_xy, goal_frame, out, title=f"{cfg.env}: distance to the goal")
+    argmin = {name: [float(v) for v in grid[int(np.argmin(m))]] for name, m in maps.items()}
+    print(json.dumps({"out": str(out), "goal_xy": [float(v) for v in goal_xy], "argmin_xy": argmin}))
     return 0
 
 

@@ -429,3 +429,33 @@ def test_offline_gcsl_is_the_behaviour_cloning_baseline_on_box_actions(dataset, 
     agent = GcslAgent(cfg, spec, torch.device("cpu"), seed=0)
     d = agent.act(np.zeros((3, 4, 32, 32, 3), np.uint8), np.zeros((3, 32, 32, 3), np.uint8), np.zeros(3), False, 0)
     assert d.actions.shape == (3, 4) and np.all(np.abs(d.actions) <= 2)
+
+
+def test_the_distance_heatmap_draws_every_runs_distance_and_pixel_mse(dataset, tmp_path, capsys):
+    q, temporal = tmp_path / "q", tmp_path / "temporal"
+    train_offline(_cfg(dataset, q))
+    train_offline(_cfg(dataset, temporal, distance="temporal", planner="q_shooting"))
+    capsys.readouterr()
+    png = tmp_path / "heatmap.png"
+    assert cli.main(["heatmap", "--run", str(q), "--run", str(temporal), "--out", str(png), "--grid", "4"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert png.stat().st_size > 0 and len(record["argmin_xy"]) == 3
+    # the pixel MSE is smallest where the block is nearest the goal's own position
+    goal = np.array(record["goal_xy"])
+    grid = np.stack(np.meshgrid(*[np.linspace(-0.2, 0.2, 4)] * 2, indexing="xy"), -1).reshape(-1, 2) + [0.0, 0.45]
+    nearest = grid[np.argmin(np.linalg.norm(grid - goal, axis=1))]
+    assert np.allclose(record["argmin_xy"]["pixel MSE"], nearest)
+
+
+def test_frames_with_the_block_moved_show_it_there_and_leave_the_state(tmp_path):
+    from pixelplan.envs import make
+    env = make("tabletop:push1", height=32, width=32).unwrapped
+    frame, info = env.reset(seed=3)
+    state = env.get_state()
+    xy = np.array([[info["features"][7], info["features"][8]], [0.15, 0.6]])
+    frames = env.frames_with_block_at(state, 0, xy)
+    assert np.array_equal(frames[0], frame) and not np.array_equal(frames[1], frame)
+    assert np.array_equal(env.get_state(), state)
+    with pytest.raises(ValueError, match="no block 1"):
+        env.frames_with_block_at(state, 1, xy)
+    env.close()

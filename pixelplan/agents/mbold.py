@@ -325,6 +325,17 @@ class MboldAgent(AgentBase):
         self.temporal.eval()
         return -self.temporal(torch.cat([frames, goal], 1))
 
+    def distance(self, frames: np.ndarray, goal: np.ndarray, chunk: int = 256) -> np.ndarray:
+        """The configured distance (minus :meth:`score`) from each uint8 frame (N, H, W, C) to
+        one goal frame (H, W, C): what figure 6 draws."""
+        check_batch("frames", frames, self.spec.frame_shape)
+        goal_t = self._frames(np.asarray(goal)[None])
+        out = []
+        for lo in range(0, len(frames), chunk):
+            x = self._frames(frames[lo:lo + chunk])
+            out.append(-self.score(x, goal_t.expand(len(x), *goal_t.shape[1:])).cpu().numpy())
+        return np.concatenate(out)
+
     # ------------------------------------------------------------------ acting
     def begin_episodes(self, rows: np.ndarray, goals: np.ndarray | None, explore: bool) -> None:
         for r in np.asarray(rows).reshape(-1).tolist():

@@ -391,6 +391,22 @@ class TabletopEnv(GoalEnv):
         self._place_hand()
         self._mj.mj_forward(self.model, self.data)
 
+    def frames_with_block_at(self, state: Any, block: int, xy: np.ndarray) -> np.ndarray:
+        """Frames of ``state`` with block ``block`` moved to each of the table positions ``xy``
+        (N, 2) in metres, everything else as in ``state``: the images of MBOLD's figure 6. The
+        env is left in ``state``."""
+        if not 0 <= block < self.scene.n_blocks:
+            raise ValueError(f"{self.name} has {self.scene.n_blocks} block(s), no block {block}")
+        frames = []
+        for x, y in np.asarray(xy, dtype=np.float64).reshape(-1, 2):
+            self.set_state(state)
+            adr = self._block_qpos[block]
+            self.data.qpos[adr], self.data.qpos[adr + 1] = x - CENTRE[0], y - CENTRE[1]
+            frames.append(self._render())
+        self.set_state(state)
+        self._frame = self._render()
+        return np.stack(frames)
+
     def _place_hand(self) -> None:
         """Move the drawn arm and the hand's shadow (mocap bodies that touch nothing) to where
         the end effector is."""

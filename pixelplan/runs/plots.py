@@ -153,3 +153,32 @@ def goal_grid(frames: np.ndarray, path: Path, columns: int = 10, scale: int = 2)
     tiles += [blank] * (-len(tiles) % columns)
     rows = [np.concatenate(tiles[i:i + columns], 1) for i in range(0, len(tiles), columns)]
     iio.imwrite(path, np.concatenate(rows, 0).repeat(scale, 0).repeat(scale, 1))
+
+
+def distance_heatmaps(maps: dict[str, np.ndarray], xs: np.ndarray, ys: np.ndarray, goal_xy, goal_frame: np.ndarray,
+                      path: Path, title: str = "") -> None:
+    """MBOLD's figure 6: the goal image, then one heatmap per distance of the distance from the
+    frames with an object at each grid position (``maps[name]`` of shape (len(ys), len(xs)))
+    to that goal; each map is min-max normalised, and the goal's position is marked."""
+    plt = _pyplot()
+    n = len(maps) + 1
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2))
+    axes[0].imshow(goal_frame)
+    axes[0].set_title("goal")
+    axes[0].axis("off")
+    extent = (xs[0], xs[-1], ys[0], ys[-1])
+    for ax, (name, values) in zip(axes[1:], maps.items()):
+        v = np.asarray(values, dtype=np.float64)
+        span = v.max() - v.min()
+        ax.imshow((v - v.min()) / (span if span > 0 else 1.0), origin="lower", extent=extent, cmap="viridis")
+        ax.plot([goal_xy[0]], [goal_xy[1]], marker="*", color="red", markersize=12)
+        ax.set_title(name)
+        ax.set_xlabel("object x (m)")
+    axes[1].set_ylabel("object y (m)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
