@@ -27,6 +27,9 @@ def test_cem_finds_the_optimum_of_a_quadratic_for_every_row(noise, beta, refit, 
     assert res.mean.shape == (3, 5, 2) and res.best_actions.shape == (3, 5, 2)
     assert (res.mean - target).abs().max() < 0.05
     assert (res.best_actions - target).abs().max() < 0.15
+    # the cost curve: one mean elite score per iteration and row, rising as the belief narrows
+    assert res.elite_scores.shape == (3, iterations)
+    assert bool((res.elite_scores[:, -1] > res.elite_scores[:, 0]).all())
     # The best score is the score of best_actions, and no worse than the mean's.
     best = quadratic(target)(res.best_actions.unsqueeze(1)).squeeze(1)
     assert torch.allclose(best, res.best_score)

@@ -361,6 +361,9 @@ def test_resume_is_exact(dataset, tmp_path):
                        if '"kind": "eval"' in line]
     assert [e["success_rate"] for e in evals(tmp_path / "full")] == [e["success_rate"] for e in evals(tmp_path / "half")]
     assert (tmp_path / "full" / "videos" / "openloop_000000006.gif").is_file()
+    # the CEM cost curves of each evaluation's plans: a figure and one figure per iteration in the record
+    assert (tmp_path / "full" / "cem_cost_000000006.png").is_file()
+    assert {"cem_elite_score_iter1", "cem_elite_score_iter2"} <= set(evals(tmp_path / "full")[-1])
 
 
 def test_a_reused_video_model_is_frozen_and_refused_when_missing(dataset, tmp_path):

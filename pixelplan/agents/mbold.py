@@ -140,6 +140,8 @@ class MboldAgent(AgentBase):
         # per env row: the rest of the current plan, and the action executed last
         self._plans: dict[int, list[np.ndarray]] = {}
         self._last_action: dict[int, np.ndarray] = {}
+        # each plan's mean elite score per CEM iteration since the last diagnostics (cost curves)
+        self._cost_curves: list[np.ndarray] = []
 
     def _sampler(self, spec: EnvSpec, seed: int) -> MboldSampler:
         m = self.cfg
@@ -407,27 +409,38 @@ class MboldAgent(AgentBase):
                      candidates=m.candidates, iterations=m.iterations, elites=m.elites, init_std=unit_std,
                      noise="correlated", beta=m.noise_beta, generator=self.act_generator, device=self.device)
         self.last_plan_score = result.best_score.cpu().numpy()
+        self._cost_curves.append(result.elite_scores.cpu().numpy())
         best = self._env_actions(result.best_actions[:, :m.execute])
         return best.cpu().numpy().reshape(len(state), -1, *self.spec.action_shape)
 
     # ---------------------------------------------------------------- diagnostics
     def diagnostics(self, store, out, env_steps: int) -> dict[str, float]:
-        """Open-loop predictions of ``openloop_videos`` dataset windows (2 context frames, then
-        13 predicted from the actions), as ``videos/openloop_<step>.gif`` (truth | prediction |
-        error), and their mean squared error per pixel in [0, 1]; drawn from a stream of their
-        own, so training is untouched."""
+        """At an evaluation: the CEM cost curves of the plans it made (each iteration's mean
+        elite score, averaged over plans, in the record as ``cem_elite_score_iter<i>`` and drawn
+        in ``cem_cost_<step>.png``), and open-loop predictions of ``openloop_videos`` dataset
+        windows (2 context frames, then 13 predicted from the actions) as
+        ``videos/openloop_<step>.gif`` (truth | prediction | error) with their mean squared
+        error per pixel in [0, 1]. The windows come from a stream of their own, so training is
+        untouched."""
         m = self.cfg
+        record: dict[str, float] = {}
+        if self._cost_curves:
+            curves = np.concatenate(self._cost_curves)                       # (plans, iterations)
+            self._cost_curves = []
+            mean = curves.mean(0)
+            record.update({f"cem_elite_score_iter{i + 1}": float(v) for i, v in enumerate(mean)})
+            _cost_curve_png(curves, Path(out) / f"cem_cost_{env_steps:09d}.png", self.cfg.distance)
         if not self.uses_video or m.openloop_videos == 0 or store is None or store.num_frames == 0:
-            return {}
+            return record
         batch = SequenceSampler(m.openloop_videos, m.window).sample(store, np.random.default_rng([env_steps, 11]))
         predicted = self.predict_windows(batch.frames, batch.actions)
         truth = batch.frames[:, m.context:]
-        mse = float(np.mean(((predicted.astype(np.float32) - truth) / 255.0) ** 2))
+        record["openloop_mse"] = float(np.mean(((predicted.astype(np.float32) - truth) / 255.0) ** 2))
         error = np.abs(predicted.astype(np.int16) - truth.astype(np.int16)).astype(np.uint8)
         from pixelplan.video import side_by_side, write_gif
         rows = [side_by_side(truth[i], predicted[i], error[i]) for i in range(len(truth))]
         write_gif(Path(out) / "videos" / f"openloop_{env_steps:09d}.gif", np.concatenate(rows, 1), fps=6)
-        return {"openloop_mse": mse}
+        return record
 
     @torch.no_grad()
     def predict_windows(self, frames: np.ndarray, actions: np.ndarray) -> np.ndarray:
@@ -501,6 +514,25 @@ def _polyak(target: torch.nn.Module, online: torch.nn.Module, keep: float) -> No
                 t.lerp_(o, 1 - keep)
             else:
                 t.copy_(o)
+
+
+def _cost_curve_png(curves: np.ndarray, path: Path, distance: str) -> None:
+    """Each plan's mean elite score per CEM iteration (thin lines) and their mean (thick)."""
+    from pixelplan.runs.plots import _pyplot
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    its = np.arange(1, curves.shape[1] + 1)
+    for row in curves[:50]:
+        ax.plot(its, row, color="0.7", lw=0.6)
+    ax.plot(its, curves.mean(0), color="C0", lw=2, marker="o", label=f"mean of {len(curves)} plans")
+    ax.set_xlabel("CEM iteration")
+    ax.set_ylabel(f"mean elite score ({distance})")
+    ax.set_xticks(its)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def load_video_model(run_dir: str) -> dict[str, torch.Tensor]:

@@ -30,8 +30,9 @@ Options, each from one of the papers or a common variant of CEM:
 * Samples are clipped to ``[low, high]`` before scoring, so the score and the refit see the
   actions that would be executed.
 
-The result gives the refitted mean (PlaNet executes its first step) and the best sequence
-ever scored with its score (MBOLD returns "the best action found so far").
+The result gives the refitted mean (PlaNet executes its first step), the best sequence ever
+scored with its score (MBOLD returns "the best action found so far"), and each iteration's
+mean elite score (the planner's cost curve).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class CEMResult:
     std: torch.Tensor           # (B, H, A): the final belief's std
     best_actions: torch.Tensor  # (B, H, A): the best sequence scored in any iteration
     best_score: torch.Tensor    # (B,)
+    elite_scores: torch.Tensor | None = None  # (B, I): each iteration's mean elite score (the cost curve)
 
 
 def correlated_noise(shape: tuple[int, ...], beta: float, *, time_dim: int = -2,
@@ -112,6 +114,7 @@ def cem(score_fn: ScoreFn, *, batch: int, horizon: int, action_dim: int,
     best_score = torch.full((batch,), -math.inf, device=device)
     best_actions = mean.clone()
     rows = torch.arange(batch, device=device)
+    elite_means = []
     for _ in range(iterations):
         sample_shape = (batch, candidates, horizon, action_dim)
         if noise == "white":
@@ -124,6 +127,7 @@ def cem(score_fn: ScoreFn, *, batch: int, horizon: int, action_dim: int,
             raise ValueError(f"score_fn must return shape {(batch, candidates)}, got {tuple(scores.shape)}")
         scores = torch.nan_to_num(scores.float(), nan=-math.inf)
         top_scores, top = scores.topk(elites, dim=1)                     # (B, K)
+        elite_means.append(top_scores.mean(1))
         elite = actions[rows.unsqueeze(1), top]                          # (B, K, H, A)
         better = top_scores[:, 0] > best_score
         best_score = torch.where(better, top_scores[:, 0], best_score)
@@ -140,7 +144,8 @@ def cem(score_fn: ScoreFn, *, batch: int, horizon: int, action_dim: int,
             fit_std = (w * (elite - fit_mean.unsqueeze(1)) ** 2).sum(1).sqrt()
             std = (momentum * std + (1 - momentum) * fit_std).clamp_min(min_std)
         mean = new_mean
-    return CEMResult(mean=mean, std=std, best_actions=best_actions, best_score=best_score)
+    return CEMResult(mean=mean, std=std, best_actions=best_actions, best_score=best_score,
+                     elite_scores=torch.stack(elite_means, 1))
 
 
 def _check(**values) -> None:
