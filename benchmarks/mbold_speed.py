@@ -89,7 +89,7 @@ def plan_speed(rows: list[int], precisions: list[str], repeats: int, quick: bool
         for n in rows:
             state = rng.integers(0, 256, (n, 2, *spec.frame_shape), dtype=np.uint8)
             goal = rng.integers(0, 256, (n, *spec.frame_shape), dtype=np.uint8)
-            last = np.zeros((n, 4), np.float32)
+            last = np.zeros((n, m.context - 1, 4), np.float32)
             t = _median_seconds(lambda: agent.plan(state, goal, last), repeats)
             out.append({"precision": agent.precision, "rows": n, "seconds_per_plan": round(t, 3),
                         "seconds_per_action": round(t / m.execute / n, 4), "horizon": m.horizon,

@@ -269,7 +269,7 @@ def test_cem_with_a_pixel_cost_plans_toward_the_goal(tmp_path):
     agent.video = _DotWorld()
     state = np.stack([_dot(8, 8), _dot(8, 8)])[None]                 # (1, 2, H, W, C)
     goal = _dot(16, 14)[None]
-    plan = agent.plan(state, goal, np.zeros((1, 4), np.float32))
+    plan = agent.plan(state, goal, np.zeros((1, 1, 4), np.float32))
     assert plan.shape == (1, 4, 4)
     end = np.clip(np.array([8.0, 8.0]) + 4 * plan[0, :, :2].sum(0), 0, 31)     # where the plan puts the dot
     assert np.linalg.norm(end - [16, 14]) < 0.5 * np.linalg.norm([8, 6])

@@ -137,9 +137,9 @@ class MboldAgent(AgentBase):
         self.train_generator.manual_seed(seed)
         self.act_generator = torch.Generator(device=device)
         self.act_generator.manual_seed(seed + 1)
-        # per env row: the rest of the current plan, and the action executed last
+        # per env row: the rest of the current plan, and the actions executed last
         self._plans: dict[int, list[np.ndarray]] = {}
-        self._last_action: dict[int, np.ndarray] = {}
+        self._executed: dict[int, list[np.ndarray]] = {}
         # each plan's mean elite score per CEM iteration since the last diagnostics (cost curves)
         self._cost_curves: list[np.ndarray] = []
 
@@ -342,7 +342,7 @@ class MboldAgent(AgentBase):
     def begin_episodes(self, rows: np.ndarray, goals: np.ndarray | None, explore: bool) -> None:
         for r in np.asarray(rows).reshape(-1).tolist():
             self._plans.pop(r, None)
-            self._last_action[r] = np.zeros(self.spec.action_shape, np.float32)
+            self._executed[r] = []
 
     def act(self, state: np.ndarray, goal: np.ndarray, t: np.ndarray, explore: bool, env_steps: int,
             rows: np.ndarray | None = None) -> Decision:
@@ -354,21 +354,29 @@ class MboldAgent(AgentBase):
         rows = batch_rows(rows, n)
         need = [i for i, r in enumerate(rows.tolist()) if not self._plans.get(r)]
         if need:
-            plans = self.plan(state[need], goal[need], np.stack([self._last_of(rows[i]) for i in need]))
+            plans = self.plan(state[need], goal[need], np.stack([self._recent_actions(rows[i]) for i in need]))
             for i, plan in zip(need, plans):
                 self._plans[int(rows[i])] = list(plan)
         actions = np.stack([self._plans[int(r)].pop(0) for r in rows]).astype(np.float32)
         for r, a in zip(rows.tolist(), actions):
-            self._last_action[r] = a
+            self._executed.setdefault(r, []).append(a)
+            del self._executed[r][:-max(self.cfg.context - 1, 1)]          # keep what a context needs
         return Decision.go(actions.reshape(n, *self.spec.action_shape))
 
-    def _last_of(self, row: int) -> np.ndarray:
-        return self._last_action.get(int(row), np.zeros(self.spec.action_shape, np.float32))
+    def _recent_actions(self, row: int) -> np.ndarray:
+        """The ``context - 1`` actions executed between the state's last frames (oldest first;
+        zeros before the episode's first action, where the stack repeats the first frame)."""
+        need = self.cfg.context - 1
+        done = self._executed.get(int(row), [])[-need:] if need else []
+        pad = [np.zeros(self.spec.action_shape, np.float32)] * (need - len(done))
+        return np.stack(pad + list(done)) if need else np.zeros((0, *self.spec.action_shape), np.float32)
 
     @torch.no_grad()
-    def plan(self, state: np.ndarray, goal: np.ndarray, last_action: np.ndarray) -> np.ndarray:
+    def plan(self, state: np.ndarray, goal: np.ndarray, recent_actions: np.ndarray) -> np.ndarray:
         """(B, execute, *action_shape) env actions for each row: CEM over the video model
-        (``planner = cem``), the actor's action, or the best of random actions under Q."""
+        (``planner = cem``; ``recent_actions`` (B, context - 1, *action_shape) are the actions
+        between the state's context frames, oldest first), the actor's action, or the best of
+        random actions under Q."""
         m = self.cfg
         goal_t = self._frames(goal)
         now = self._frames(state[:, -1])
@@ -388,8 +396,8 @@ class MboldAgent(AgentBase):
         if context.shape[1] < m.context:
             raise ValueError(f"the video model needs {m.context} context frames, the state holds {context.shape[1]}: "
                              f"train with frame_stack >= {m.context}")
-        context_actions = self._unit_actions(last_action).view(len(state), 1, self.action_dim)
-        context_actions = context_actions.expand(len(state), m.context - 1, self.action_dim)
+        context_actions = self._unit_actions(recent_actions).view(len(state), m.context - 1, self.action_dim)
+        candidates = self.eval_trials or m.candidates           # pixelplan eval --trials overrides it
 
         def score_fn(unit: torch.Tensor) -> torch.Tensor:           # (B, J, H, A) -> (B, J)
             b, j = unit.shape[:2]
@@ -406,7 +414,8 @@ class MboldAgent(AgentBase):
 
         unit_std = (self.init_std * 2 / (self.high - self.low).clamp_min(1e-8)).expand(m.horizon, self.action_dim)
         result = cem(score_fn, batch=len(state), horizon=m.horizon, action_dim=self.action_dim,
-                     candidates=m.candidates, iterations=m.iterations, elites=m.elites, init_std=unit_std,
+                     candidates=candidates, iterations=m.iterations, elites=min(m.elites, candidates),
+                     init_std=unit_std,
                      noise="correlated", beta=m.noise_beta, generator=self.act_generator, device=self.device)
         self.last_plan_score = result.best_score.cpu().numpy()
         self._cost_curves.append(result.elite_scores.cpu().numpy())
@@ -474,7 +483,7 @@ class MboldAgent(AgentBase):
         self.train_generator.set_state(state["train_generator"])
         self.act_generator.set_state(state["act_generator"])
         self._plans.clear()
-        self._last_action.clear()
+        self._executed.clear()
 
 
 # ---------------------------------------------------------------------- shared parts
