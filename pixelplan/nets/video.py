@@ -139,20 +139,24 @@ class VideoModel(nn.Module):
         if steps < c:
             raise ValueError(f"{c} context frames need at least {c} actions ({c - 1} between them and one "
                              f"to predict), got {steps}")
-        first, state, preds = context_frames[:, 0], None, []
+        first, state = context_frames[:, 0], None
+        observed = [self.encode(context_frames[:, t]) for t in range(c)]    # encoder maps per context frame
+        kept: list[tuple[torch.Tensor, int]] = []                           # (LSTM output, frame it warps)
         for t in range(steps):
-            if t < c:
-                last = context_frames[:, t]
-                skips = self.encode(last)
-                state = self.advance(skips[2], actions[:, t], state, b)
-            else:
-                state = self.advance(None, actions[:, t], state, b)
+            state = self.advance(observed[t][2] if t < c else None, actions[:, t], state, b)
             if keep == "train" or (keep == "all" and t >= c - 1):
-                preds.append(self.decode(state, skips, last, first))
+                kept.append((state[0], min(t, c - 1)))
         if keep == "last":
-            return self.decode(state, skips, last, first)
-        return torch.stack(preds, 1)
-
+            return self.decode(state, observed[c - 1], context_frames[:, c - 1], first)
+        # Decoding reads only the LSTM's output and the frames, never an earlier prediction, so
+        # every kept step is decoded in one batched call (fewer, larger convolutions).
+        n = len(kept)
+        hidden = torch.cat([h for h, _ in kept])
+        index = [j for _, j in kept]
+        skips = tuple(torch.cat([observed[j][level] for j in index]) for level in range(3))
+        last = torch.cat([context_frames[:, j] for j in index])
+        pred = self.decode((hidden,), skips, last, first.repeat(n, 1, 1, 1))
+        return pred.view(n, b, *pred.shape[1:]).transpose(0, 1)
 
 def _identity_grid(b: int, h: int, w: int, device) -> torch.Tensor:
     """The sampling grid of no motion, (B, H, W, 2) in grid_sample's [-1, 1] coordinates."""
