@@ -527,8 +527,9 @@ def _polyak(target: torch.nn.Module, online: torch.nn.Module, keep: float) -> No
 
 def _cost_curve_png(curves: np.ndarray, path: Path, distance: str) -> None:
     """Each plan's mean elite score per CEM iteration (thin lines) and their mean (thick)."""
-    from pixelplan.runs.plots import _pyplot
-    plt = _pyplot()
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     its = np.arange(1, curves.shape[1] + 1)
     for row in curves[:50]:
