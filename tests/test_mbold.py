@@ -375,6 +375,12 @@ def test_a_reused_video_model_is_frozen_and_refused_when_missing(dataset, tmp_pa
     assert all(torch.equal(a[k], b[k]) for k in a) and summary["updates"] == 6
     with pytest.raises(ValueError, match="no checkpoint"):
         train_offline(_cfg(dataset, tmp_path / "q2", video_from=str(tmp_path / "nowhere")))
+    # Visual Foresight on the reused model trains nothing: its run only evaluates
+    vf = _cfg(dataset, tmp_path / "vf2", distance="pixel", video_from=str(tmp_path / "vf"))
+    vf.updates = 1
+    summary = train_offline(vf)
+    c = torch.load(tmp_path / "vf2" / "checkpoint.pt", weights_only=False)["agent"]["video"]
+    assert all(torch.equal(a[k], c[k]) for k in a) and 0 <= summary["success_rate"] <= 1
 
 
 def test_cli_refusals_are_one_line_with_exit_code_2(dataset, tmp_path, capsys):

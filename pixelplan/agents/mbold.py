@@ -153,9 +153,8 @@ class MboldAgent(AgentBase):
             pairs = GoalPairSampler(m.batch_size, law="uniform", max_offset=spec.max_episode_steps)
         elif m.distance == "vae":           # single frames: the pairs' states
             pairs = GoalPairSampler(m.batch_size, law="geometric", p=m.goal_p)
-        if windows is None and pairs is None:
-            raise ValueError("this MBOLD configuration trains nothing (a pixel distance with a reused video model): "
-                             "evaluate it from the run that trained the video model, or train a model")
+        # windows and pairs both None: nothing to train (Visual Foresight on a reused video model);
+        # a run then only evaluates, with the same model and CEM as the run that trained it
         negatives = m.negatives if self.uses_q else "none"
         return MboldSampler(windows, pairs, negatives=negatives, negative_frac=m.negative_frac,
                             actuated=spec.actuated_features, n_index=m.knn_states, neighbours=m.knn_neighbours,

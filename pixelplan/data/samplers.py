@@ -309,7 +309,9 @@ class MboldSampler:
 
     @property
     def samples_per_batch(self) -> int:
-        return self.pairs.batch_size if self.pairs is not None else self.windows.samples_per_batch
+        if self.pairs is not None:
+            return self.pairs.batch_size
+        return self.windows.samples_per_batch if self.windows is not None else 0
 
     def neighbours_of(self, store: ReplayBuffer) -> ArmNeighbours:
         if self._index is None or self._index_of != id(store):
