@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench ray clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: $(STAMP)
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest
+
+# Ray, for sweeps and collection on a cluster (docs/cluster.md); the test extras include it.
+ray: $(STAMP)
+	$(PIP) install -e '.[ray]'
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py

@@ -4,7 +4,7 @@
                     [--steps N] [--seed S] [--out DIR] [--glamor.trials 100] [--shared.lr 1e-3] ...
     pixelplan eval --run DIR [--trials N] [--episodes N] [--tasks regular|hard]
     pixelplan table RUN_DIR... [--out DIR] [--reference FILE.json] [--metric auto|NAME]
-    pixelplan sweep --agents A... --envs E... --seeds S... --out DIR [--parallel N]
+    pixelplan sweep --agents A... --envs E... --seeds S... --out DIR [--parallel N | --ray [--address A]]
                     [--label-suffix NAME] [--metric auto|NAME] [-- TRAIN FLAGS...]
     pixelplan goals --env NAME [--set evaluation|training] [--n N] --out goals.png
     pixelplan tasks --env tabletop:push3 [--set regular|hard] [--n 100] [--seed 0] --out tasks.npz
@@ -103,28 +103,10 @@ def _one_line_warnings() -> None:
 
 
 def _train(args: list[str]) -> int:
-    import tyro
+    from pixelplan.runs.common import train_config
 
-    from pixelplan import config as config_lib
-
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", nargs="+", default=["auto"])
-    pre.add_argument("--env", default=None)
-    pre.add_argument("--dataset", default=None)
-    pre.add_argument("--agent", default=None)
-    known, rest = pre.parse_known_args(args)
-    if known.agent is not None:
-        rest += ["--agent", known.agent]                        # the presets depend on the agent too
-    rest = _moved_flags(rest)
-    env = known.env or "gridworld"
-    if known.dataset is not None and "-h" not in rest and "--help" not in rest:
-        from pixelplan.data.dataset import read_attrs
-        env = known.env or read_attrs(known.dataset)["env"]    # the preset follows the dataset's env
-        rest += ["--dataset", known.dataset]
-    base = config_lib.preset(known.preset, env, known.agent or "glamor")
-    cfg = tyro.cli(config_lib.Config, default=base, args=rest + ["--env", env],
-                   prog="pixelplan train", description="Train an agent; re-run on the same --out to resume.")
-    if "-h" in rest or "--help" in rest:
+    cfg = train_config(args)
+    if cfg is None:                                             # --help was printed
         return 0
     if cfg.dataset is not None:
         from pixelplan.runs.offline import train_offline
@@ -134,22 +116,6 @@ def _train(args: list[str]) -> int:
         summary = train(cfg)
     print(json.dumps(summary))
     return 0
-
-
-def _moved_flags(args: list[str]) -> list[str]:
-    """``--glamor.<field>`` for a field that moved to the ``shared`` section becomes
-    ``--shared.<field>``, with a warning, so that older commands keep working."""
-    from pixelplan.config import SHARED_FIELDS
-
-    out = []
-    for arg in args:
-        flag, eq, value = arg.partition("=")
-        if flag.startswith("--glamor.") and flag[len("--glamor."):].replace("-", "_") in SHARED_FIELDS:
-            new = "--shared." + flag[len("--glamor."):]
-            warnings.warn(f"{flag} is now {new} (GLAMOR, GCSL and DISCERN share it); using {new}", stacklevel=2)
-            arg = new + eq + value
-        out.append(arg)
-    return out
 
 
 def _goals(args: list[str]) -> int:
@@ -367,7 +333,12 @@ def _collect(args: list[str]) -> int:
                         help="correlated policy: the Gaussian's std per action dimension (default: the suite's)")
     parser.add_argument("--noise-beta", type=float, default=0.5, help="correlated policy: the filter's beta")
     parser.add_argument("--no-progress", action="store_true")
+    _add_ray_options(parser, "task")
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="--ray: shard tasks at once (default: as many as the cluster schedules)")
     opts = parser.parse_args(args)
+    if opts.address is not None and not opts.ray:
+        raise ValueError("--address is the Ray cluster's: add --ray")
     if len(opts.env_options) % 2:
         raise ValueError(f"--env-options takes key value pairs, got {len(opts.env_options)} words")
     from pixelplan.envs.vector import default_workers
@@ -377,9 +348,21 @@ def _collect(args: list[str]) -> int:
                     env_options=dict(zip(opts.env_options[::2], opts.env_options[1::2])), seed=opts.seed,
                     shard_episodes=opts.shard_episodes, n_envs=opts.n_envs, workers=workers,
                     progress=not opts.no_progress, policy=opts.policy, noise_std=opts.noise_std,
-                    noise_beta=opts.noise_beta)
+                    noise_beta=opts.noise_beta,
+                    ray=dict(address=opts.address, cpus_per_task=opts.cpus_per_task, parallel=opts.parallel,
+                             log=lambda m: print(m, file=sys.stderr, flush=True)) if opts.ray else None)
     print(json.dumps({"out": str(opts.out), **{k: attrs[k] for k in ("env", "episodes", "frames", "content_hash")}}))
     return 0
+
+
+def _add_ray_options(parser, unit: str) -> None:
+    parser.add_argument("--ray", action="store_true",
+                        help=f"run each {unit} as a Ray task (pip install 'pixelplan[ray]'; docs/cluster.md)")
+    parser.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                        help="--ray: the cluster to use (auto: the one this machine is part of); default: start a "
+                             "local Ray instance")
+    parser.add_argument(f"--cpus-per-{unit}", type=float, default=1.0,
+                        help=f"--ray: CPUs each {unit} asks for (default 1)")
 
 
 def _table(args: list[str]) -> int:
@@ -420,7 +403,11 @@ def _sweep(args: list[str]) -> int:
     parser.add_argument("--envs", nargs="+", default=["gridworld"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", default="runs/sweep", help="directory of the run directories and the table")
-    parser.add_argument("--parallel", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at once (default 1; local sweeps)")
+    _add_ray_options(parser, "run")
+    parser.add_argument("--gpus-per-run", type=float, default=0.0, help="--ray: GPUs each run asks for (default 0)")
+    parser.add_argument("--max-retries", type=int, default=3,
+                        help="--ray: times a run whose worker was lost is retried, resuming (default 3)")
     parser.add_argument("--label-suffix", default=None,
                         help="name an ablation: runs are labelled <agent>-<suffix> in the table")
     parser.add_argument("--reference", default=None, metavar="FILE.json", help="paper numbers, as for table")
@@ -434,8 +421,21 @@ def _sweep(args: list[str]) -> int:
     from pixelplan.runs.sweep import plan_jobs, run_sweep
 
     jobs = plan_jobs(opts.agents, opts.envs, opts.seeds, opts.out, opts.label_suffix)
-    print(f"[sweep] {len(jobs)} runs, {opts.parallel} at a time, into {opts.out}", file=sys.stderr)
-    failed = run_sweep(jobs, extra, opts.parallel, log=lambda m: print(m, file=sys.stderr, flush=True))
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if opts.ray and opts.parallel != 1:
+        raise ValueError("--parallel is for local sweeps; on Ray the cluster's free CPUs decide how many runs go "
+                         "at once: set --cpus-per-run instead")
+    if opts.ray:
+        from pixelplan.runs.cluster import run_sweep_ray
+        print(f"[sweep] {len(jobs)} runs on Ray ({opts.address or 'a local instance'}), into {opts.out}",
+              file=sys.stderr)
+        failed = run_sweep_ray(jobs, extra, address=opts.address, cpus_per_run=opts.cpus_per_run,
+                               gpus_per_run=opts.gpus_per_run, max_retries=opts.max_retries, log=say)
+    else:
+        if opts.address is not None:
+            raise ValueError("--address is the Ray cluster's: add --ray")
+        print(f"[sweep] {len(jobs)} runs, {opts.parallel} at a time, into {opts.out}", file=sys.stderr)
+        failed = run_sweep(jobs, extra, opts.parallel, log=say)
     finished = [job.out for job in jobs if job not in failed]
     if finished:
         _print_table(finished, Path(opts.out) / "table", opts.reference, opts.metric)

@@ -6,6 +6,7 @@ anything is written, a run this config cannot continue; and loading a run's agen
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,9 @@ def open_run(cfg, out: Path, spec, agent, replay, rng, fresh: LoopState, step_of
     state = fresh if payload is None else load_checkpoint(payload, ckpt, cfg, spec, agent, replay, rng)
     resuming = payload is not None
     del payload   # the replay's memory-mapped arrays are copied into the buffer by now
+    if resuming:  # said on stderr, so that a run's log shows each resume and where it picked up
+        print(f"pixelplan train: resuming {out} from its checkpoint at step {step_of(state):,}", file=sys.stderr,
+              flush=True)
     write_text_atomically(out / "config.json", config_lib.dumps(cfg), what="config")
     return state, MetricsLog(out, resume_step=step_of(state) if resuming else None)
 

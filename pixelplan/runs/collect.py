@@ -24,6 +24,7 @@ beta in its attributes; a uniform one has the attributes it always had.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -44,8 +45,14 @@ AGENTS = ("random",)
 def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "random",
             env_options: dict[str, str] | None = None, seed: int = 0, shard_episodes: int = 100,
             n_envs: int = 8, workers: int = 0, progress: bool = True, policy: str = "auto",
-            noise_std: list[float] | None = None, noise_beta: float = 0.5) -> dict:
-    """Collect ``episodes`` episodes of ``env`` into the dataset file ``out``; returns its attrs."""
+            noise_std: list[float] | None = None, noise_beta: float = 0.5, ray: dict | None = None) -> dict:
+    """Collect ``episodes`` episodes of ``env`` into the dataset file ``out``; returns its attrs.
+
+    With ``ray`` (the keyword arguments of ``cluster.run_shards_ray``: ``address``,
+    ``cpus_per_task``, ``parallel``), every missing shard is one Ray task (its own env pool of
+    ``n_envs`` envs in that task's process) and this process merges them. The file is the
+    same whatever the number of tasks: a shard depends only on the seed and its episodes'
+    indices. ``out`` must then be on storage every node sees."""
     from pixelplan.runs.common import parse_env_options
 
     env_options = dict(env_options or {})
@@ -89,17 +96,23 @@ def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "ra
         n_shards = -(-episodes // shard_episodes)
         done = {k for k in range(n_shards) if _shard_path(parts, k).exists()}
         bar = _progress(progress, episodes, sum(_shard_size(k, episodes, shard_episodes) for k in done))
-        pool = EnvPool(factory, min(n_envs, shard_episodes, episodes), workers)
+        jobs = {k: ShardJob(k, factory, spec, space, seed, range(k * shard_episodes, k * shard_episodes +
+                                                                  _shard_size(k, episodes, shard_episodes)),
+                            noise, min(n_envs, shard_episodes, episodes), settings, _shard_path(parts, k).absolute())
+                for k in range(n_shards) if k not in done}
         try:
-            for k in range(n_shards):
-                if k in done:
-                    continue
-                first = k * shard_episodes
-                ids = range(first, first + _shard_size(k, episodes, shard_episodes))
-                shard = _collect_episodes(pool, spec, space, seed, ids, bar, noise)
-                _write_dataset(_shard_path(parts, k), shard, {**settings, "shard": k})
+            if ray is not None:
+                from pixelplan.runs.cluster import run_shards_ray
+                run_shards_ray(parts, {k: dataclasses.replace(job, workers=0) for k, job in jobs.items()},
+                               progress=None if bar is None else lambda k: bar.update(len(jobs[k].ids)), **ray)
+            else:
+                pool = EnvPool(factory, min(n_envs, shard_episodes, episodes), workers)
+                try:
+                    for job in jobs.values():
+                        job.write(pool, bar)
+                finally:
+                    pool.close()
         finally:
-            pool.close()
             if bar is not None:
                 bar.close()
         shards = [_shard_path(parts, k) for k in range(n_shards)]
@@ -108,6 +121,34 @@ def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "ra
                                 "observation": "the env's frames, one per step, uint8"})
     shutil.rmtree(parts)
     return attrs
+
+
+@dataclasses.dataclass
+class ShardJob:
+    """Everything one shard needs, so that it can be written here or in a Ray task."""
+    index: int
+    factory: EnvFactory
+    spec: EnvSpec
+    space: object
+    seed: int
+    ids: range
+    noise: dict | None
+    n_envs: int
+    settings: dict
+    path: Path
+    workers: int = 0
+
+    def write(self, pool: EnvPool, bar=None) -> None:
+        shard = _collect_episodes(pool, self.spec, self.space, self.seed, self.ids, bar, self.noise)
+        _write_dataset(self.path, shard, {**self.settings, "shard": self.index})
+
+    def __call__(self) -> None:
+        """Write the shard with a pool of its own (a Ray task's body)."""
+        pool = EnvPool(self.factory, self.n_envs, self.workers)
+        try:
+            self.write(pool)
+        finally:
+            pool.close()
 
 
 def episode_rng(seed: int, index: int) -> np.random.Generator:

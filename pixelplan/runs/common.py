@@ -121,3 +121,64 @@ def headline(metrics: dict) -> tuple[str, float] | None:
         if key in metrics:
             return key, metrics[key]
     return None
+
+
+def train_config(args: list[str]) -> Config | None:
+    """The config ``pixelplan train ARGS`` runs: the preset (``--preset``, default auto: by env,
+    agent and dataset), then every other flag on top of it. None when ARGS asked for --help
+    (tyro printed it). Bad flags exit with tyro's message and status 2, before anything is
+    written. The sweeps call it too, to check every run's flags before any run starts."""
+    import argparse
+
+    import tyro
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", nargs="+", default=["auto"])
+    pre.add_argument("--env", default=None)
+    pre.add_argument("--dataset", default=None)
+    pre.add_argument("--agent", default=None)
+    known, rest = pre.parse_known_args(args)
+    if known.agent is not None:
+        rest += ["--agent", known.agent]                        # the presets depend on the agent too
+    rest = _moved_flags(rest)
+    env = known.env or "gridworld"
+    helping = "-h" in rest or "--help" in rest
+    if known.dataset is not None and not helping:
+        from pixelplan.data.dataset import read_attrs
+        env = known.env or read_attrs(known.dataset)["env"]    # the preset follows the dataset's env
+        rest += ["--dataset", known.dataset]
+    base = config_lib.preset(known.preset, env, known.agent or "glamor")
+    cfg = tyro.cli(Config, default=base, args=rest + ["--env", env],
+                   prog="pixelplan train", description="Train an agent; re-run on the same --out to resume.")
+    return None if helping else cfg
+
+
+def _moved_flags(args: list[str]) -> list[str]:
+    """``--glamor.<field>`` for a field that moved to the ``shared`` section becomes
+    ``--shared.<field>``, with a warning, so that older commands keep working."""
+    from pixelplan.config import SHARED_FIELDS
+
+    out = []
+    for arg in args:
+        flag, eq, value = arg.partition("=")
+        if flag.startswith("--glamor.") and flag[len("--glamor."):].replace("-", "_") in SHARED_FIELDS:
+            new = "--shared." + flag[len("--glamor."):]
+            warnings.warn(f"{flag} is now {new} (GLAMOR, GCSL and DISCERN share it); using {new}", stacklevel=2)
+            arg = new + eq + value
+        out.append(arg)
+    return out
+
+
+def run_finished(out: str | os.PathLike, cfg: Config) -> bool:
+    """Whether the run directory ``out`` holds a run that reached ``cfg``'s budget: its
+    ``summary.json`` (written when a run ends) counts the budget's env steps (online) or
+    updates (offline). A run stopped early has a checkpoint but no summary, or a summary of a
+    smaller budget (its budget was raised since): it is not finished."""
+    path = Path(out) / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if cfg.dataset is not None:
+        return int(summary.get("updates", -1)) >= cfg.updates
+    return int(summary.get("env_steps", -1)) >= cfg.steps

@@ -6,8 +6,12 @@ Each run is an ordinary ``pixelplan train`` in its own process and run directory
 is the agent's name, or ``<agent>-<label_suffix>`` for an ablation). Flags after ``--`` go
 to every run unchanged, so a sweep compares agents on identical envs, goal sets, budgets
 and shared hyperparameters. Re-running the same sweep resumes each unfinished run and
-leaves finished ones as they are (``train`` resumes from a run's checkpoint), then writes
-the table again.
+leaves finished ones as they are (``train`` resumes from a run's checkpoint; a run whose
+``summary.json`` shows it reached its budget is not started at all), then writes the table
+again. Every run's flags are checked (its config resolved) before the first run starts.
+
+With ``--ray`` the runs are Ray tasks on a cluster instead (``runs/cluster.py``): the same
+commands, run directories, logs and table.
 
 With ``parallel`` > 1, that many runs go at once, each with ``cores // parallel`` torch
 threads so they do not fight over cores. A run that fails does not stop the others; the
@@ -35,10 +39,18 @@ class SweepJob:
     label: str
     out: Path
 
-    def command(self, threads: int, extra: list[str]) -> list[str]:
-        return [sys.executable, "-m", "pixelplan", "train", "--env", self.env, "--agent", self.agent,
-                "--seed", str(self.seed), "--label", self.label, "--out", str(self.out),
+    def train_args(self, extra: list[str]) -> list[str]:
+        """The ``pixelplan train`` flags of this run (``extra`` last, as the user gave them)."""
+        return ["--env", self.env, "--agent", self.agent, "--seed", str(self.seed), "--label", self.label,
+                "--out", str(self.out), *extra]
+
+    def command(self, threads: int, extra: list[str], python: str | None = None) -> list[str]:
+        return [python or sys.executable, "-m", "pixelplan", "train", *self.train_args([]),
                 "--threads", str(threads), "--no-progress", *extra]
+
+    @property
+    def logfile(self) -> Path:
+        return self.out.parent / f"{self.out.name}.log"
 
 
 def safe_name(text: str) -> str:
@@ -67,6 +79,15 @@ def plan_jobs(agents: list[str], envs: list[str], seeds: list[int], out, label_s
     return jobs
 
 
+def finished_jobs(jobs: list[SweepJob], extra: list[str]) -> list[SweepJob]:
+    """The jobs whose run already reached its budget (``run_finished``). Resolving each run's
+    config here also checks every run's flags before any run starts: a bad flag exits with
+    pixelplan train's message (status 2) and nothing written."""
+    from pixelplan.runs.common import run_finished, train_config
+
+    return [job for job in jobs if run_finished(job.out, train_config(job.train_args(extra)))]
+
+
 def failure_reason(logfile, start: int = 0) -> str:
     """The line that says why a run failed, from its log's output after byte ``start``: the
     last ``pixelplan <command>: error:`` line, else the last line (a traceback's exception),
@@ -91,9 +112,14 @@ def run_sweep(jobs: list[SweepJob], extra: list[str], parallel: int = 1, log=pri
     threads = max(1, (os.cpu_count() or 1) // parallel)
     failed: list[SweepJob] = []
 
+    done = set(finished_jobs(jobs, extra))
+
     def run(job: SweepJob) -> None:
+        if job in done:
+            log(f"[sweep] finished already {job.out.name} (not run again)")
+            return
         job.out.parent.mkdir(parents=True, exist_ok=True)
-        logfile = job.out.parent / f"{job.out.name}.log"
+        logfile = job.logfile
         started = time.perf_counter()
         log(f"[sweep] start {job.out.name}")
         with open(logfile, "a") as f:
