@@ -236,3 +236,32 @@ def test_ray_flags_are_checked_before_anything_runs(tmp_path, capsys):
                   "--no-such-flag", "1"])
     assert exit_info.value.code == 2
     assert not out.exists()
+
+
+def test_bad_collect_ray_options_change_nothing_on_disk(tmp_path, capsys):
+    out = tmp_path / "d.h5"
+    assert cli.main(["collect", "--episodes", "4", "--out", str(out), "--ray", "--parallel", "0"]) == 2
+    assert "--parallel >= 1" in capsys.readouterr().err
+    assert cli.main(["collect", "--episodes", "4", "--out", str(out), "--address", "auto"]) == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_ray_installed_ray_flags_say_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)         # import ray now raises ImportError
+    out = tmp_path / "sweep"
+    assert cli.main(["sweep", "--agents", "random", "--seeds", "0", "--out", str(out), "--ray"]) == 2
+    assert "pip install 'pixelplan[ray]'" in capsys.readouterr().err
+    assert cli.main(["collect", "--episodes", "4", "--out", str(tmp_path / "d.h5"), "--ray"]) == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_that_fails_on_ray_is_reported_with_its_error_and_not_retried(tmp_path):
+    from pixelplan.runs.cluster import run_sweep_ray
+    jobs = plan_jobs(["random"], ["no_such_pkg.envs:make_env"], [0], tmp_path / "sweep")
+    lines: list[str] = []
+    failed = run_sweep_ray(jobs, ["--preset", "debug"], log=lines.append)
+    assert failed == jobs
+    report = "\n".join(lines)
+    assert "FAILED (exit 2" in report and "retried" not in report.replace("0 retried", "")
+    assert "no module named 'no_such_pkg'" in report
+    assert len(read_attempts(tmp_path / "sweep" / f"{jobs[0].out.name}.attempts.jsonl")) == 1

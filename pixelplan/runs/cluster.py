@@ -314,14 +314,19 @@ def collect_shard_task(shard_path: str, make_shard, token: str) -> str:
     return shard_path
 
 
+def check_collect_options(cpus_per_task: float, parallel: int | None, **_):
+    """Refuse bad ``collect --ray`` options, or a missing Ray, before anything is written; returns ray."""
+    if cpus_per_task <= 0 or (parallel is not None and parallel < 1):
+        raise ValueError(f"collect --cpus-per-task must be > 0 and --parallel >= 1, got {cpus_per_task} and {parallel}")
+    return import_ray()
+
+
 def run_shards_ray(parts: Path, shards: dict[int, object], *, address: str | None, cpus_per_task: float,
                    parallel: int | None, max_retries: int = 3, log=print, progress=None) -> None:
     """Write each shard ``k`` with its ``shards[k]()`` as one Ray task, at most ``parallel`` at a
     time (None: as many as the cluster schedules). A lost worker's shard is retried from its
     start (a shard is a pure function of the seed and its episode indices)."""
-    if cpus_per_task <= 0 or (parallel is not None and parallel < 1):
-        raise ValueError(f"collect --cpus-per-task must be > 0 and --parallel >= 1, got {cpus_per_task} and {parallel}")
-    ray = import_ray()
+    ray = check_collect_options(cpus_per_task, parallel)
     connected = connect(address, log)
     try:
         token = write_token(parts)

@@ -57,6 +57,9 @@ def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "ra
 
     env_options = dict(env_options or {})
     _check(agent, episodes, seed, shard_episodes, n_envs, workers)
+    if ray is not None:
+        from pixelplan.runs.cluster import check_collect_options
+        check_collect_options(**ray)
     noise = _policy(env, policy, noise_std, noise_beta)
     out = Path(out)
     settings = {"env": env, "env_options": env_options, "agent": agent, "seed": int(seed),
