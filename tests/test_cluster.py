@@ -265,3 +265,19 @@ def test_a_run_that_fails_on_ray_is_reported_with_its_error_and_not_retried(tmp_
     assert "FAILED (exit 2" in report and "retried" not in report.replace("0 retried", "")
     assert "no module named 'no_such_pkg'" in report
     assert len(read_attempts(tmp_path / "sweep" / f"{jobs[0].out.name}.attempts.jsonl")) == 1
+
+
+def test_collect_over_two_nodes_gives_the_local_dataset(tmp_path, capsys, monkeypatch):
+    """One CPU a node and two shard tasks at a time: the shards are written on both nodes."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")      # this process is the driver, as the cluster is started
+    c = LoopbackCluster(head_cpus=1, worker_cpus=1)
+    try:
+        hashes = []
+        for extra in ([], ["--ray", "--address", c.address, "--parallel", "2"]):
+            out = tmp_path / f"d{len(hashes)}.h5"
+            assert cli.main(["collect", "--episodes", "24", "--shard-episodes", "6", "--n-envs", "3", "--workers",
+                             "0", "--no-progress", "--out", str(out), *extra]) == 0
+            hashes.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["content_hash"])
+        assert hashes[0] == hashes[1]
+    finally:
+        c.close()
