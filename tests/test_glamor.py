@@ -115,7 +115,10 @@ def test_scripted_lstm_sampling_equals_the_generic_loop(use_prior, proposal, ter
                                 **{**kw, "trials": 1})
     assert isinstance(shooting._scripted_token_loop(TokenStepper.advance), torch.jit.ScriptFunction)
     assert fast.actions.shape == (groups * trials, 5)
-    assert torch.equal(fast.actions, explicit.actions) and torch.equal(fast.scores, explicit.scores)
+    # The same plans; the scores to float rounding: the two layouts project the codes in GEMMs
+    # of different shapes, which some CPUs' kernels (this project's AMD EPYC VM) round apart.
+    assert torch.equal(fast.actions, explicit.actions)
+    assert torch.allclose(fast.scores, explicit.scores, atol=1e-5, rtol=0)
     assert torch.equal(fast.actions, generic.actions)
     assert torch.equal(fast.lengths, generic.lengths)
     assert torch.allclose(fast.scores, generic.scores, atol=1e-5)
