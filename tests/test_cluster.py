@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,18 +56,26 @@ class LoopbackCluster:
         self.temp = tempfile.mkdtemp(prefix="ppray-", dir="/tmp")   # short: Ray's socket paths must fit 107 bytes
         self.port, self.worker_port = _free_port(), _free_port()
         self.address = f"127.0.0.1:{self.port}"
+        # `ray start --head` records its address as this machine's current cluster (for
+        # --address auto); the user's own record is put back on close.
+        self.current = Path("/tmp/ray/ray_current_cluster")
+        self.saved = self.current.read_bytes() if self.current.exists() else None
         before = {p.pid for p in psutil.process_iter()}
         self.roots: set[int] = set()
         try:
-            self._start(["start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
-                         "--num-cpus", str(head_cpus), "--include-dashboard", "false", "--disable-usage-stats",
-                         "--ray-client-server-port", str(_free_port()), "--temp-dir", self.temp])
-            self._start(["start", "--address", self.address, "--node-ip-address", "127.0.0.1",
-                         "--num-cpus", str(worker_cpus), "--node-manager-port", str(self.worker_port),
-                         "--disable-usage-stats"])
-        finally:
-            self.roots = {p.pid for p in psutil.process_iter()} - before
-        self.worker_raylet = self._raylet(self.worker_port)
+            try:
+                self._start(["start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
+                             "--num-cpus", str(head_cpus), "--include-dashboard", "false", "--disable-usage-stats",
+                             "--ray-client-server-port", str(_free_port()), "--temp-dir", self.temp])
+                self._start(["start", "--address", self.address, "--node-ip-address", "127.0.0.1",
+                             "--num-cpus", str(worker_cpus), "--node-manager-port", str(self.worker_port),
+                             "--disable-usage-stats"])
+            finally:
+                self.roots = {p.pid for p in psutil.process_iter()} - before
+            self.worker_raylet = self._raylet(self.worker_port)
+        except BaseException:
+            self.close()                                  # a failed start leaves nothing running either
+            raise
 
     def _start(self, args: list[str]) -> None:
         done = subprocess.run(RAY + args, env=_env(), capture_output=True, text=True, timeout=120)
@@ -103,6 +112,11 @@ class LoopbackCluster:
             except psutil.Error:
                 pass
         psutil.wait_procs(procs, timeout=10)
+        if self.saved is not None:
+            self.current.write_bytes(self.saved)
+        else:
+            self.current.unlink(missing_ok=True)
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 @pytest.fixture
@@ -231,6 +245,10 @@ def test_ray_flags_are_checked_before_anything_runs(tmp_path, capsys):
     assert "--cpus-per-run" in capsys.readouterr().err
     assert cli.main(["sweep", "--out", str(out), "--address", "auto"]) == 2
     assert cli.main(["sweep", "--out", str(out), "--ray", "--cpus-per-run", "0"]) == 2
+    capsys.readouterr()
+    closed = f"127.0.0.1:{_free_port()}"                  # nothing listens there: refused at once, not after Ray's wait
+    assert cli.main(["sweep", "--agents", "random", "--seeds", "0", "--out", str(out), "--ray", "--address", closed]) == 2
+    assert "no Ray head answers at --address" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:          # a bad train flag: tyro's message, status 2
         cli.main(["sweep", "--agents", "random", "--seeds", "0", "--out", str(out), "--ray", "--",
                   "--no-such-flag", "1"])

@@ -84,6 +84,8 @@ def connect(address: str | None, log=print) -> bool:
     ray = import_ray()
     if ray.is_initialized():
         return False
+    if address not in (None, "auto"):
+        _probe(address)
     kwargs = dict(log_to_driver=False, logging_level="warning")
     try:
         if address is None:
@@ -99,6 +101,18 @@ def connect(address: str | None, log=print) -> bool:
     log(f"[ray] connected: {len(ray.nodes())} node(s), {resources.get('CPU', 0):g} CPUs, "
         f"{resources.get('GPU', 0):g} GPUs")
     return True
+
+
+def _probe(address: str) -> None:
+    """Refuse at once an address where nothing listens (Ray itself waits a minute or more)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--address must be auto or HOST:PORT (the head's GCS port, 6379 by default), got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ValueError(f"no Ray head answers at --address {address} ({exc.strerror or exc}): start one there with "
+                         f"`ray start --head --port {port}`, or check the address") from None
 
 
 def write_token(directory: Path) -> str:
