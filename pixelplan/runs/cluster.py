@@ -344,8 +344,7 @@ def run_shards_ray(parts: Path, shards: dict[int, object], *, address: str | Non
     connected = connect(address, log)
     try:
         token = write_token(parts)
-        remote = ray.remote(collect_shard_task).options(num_cpus=cpus_per_task, max_retries=max_retries,
-                                                         retry_exceptions=[RunKilled])
+        remote = ray.remote(collect_shard_task).options(num_cpus=cpus_per_task, max_retries=max_retries)
         todo = sorted(shards)
         pending: dict = {}
         while todo or pending:

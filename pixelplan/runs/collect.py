@@ -99,17 +99,17 @@ def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "ra
         n_shards = -(-episodes // shard_episodes)
         done = {k for k in range(n_shards) if _shard_path(parts, k).exists()}
         bar = _progress(progress, episodes, sum(_shard_size(k, episodes, shard_episodes) for k in done))
+        side_by_side = min(n_envs, shard_episodes, episodes)
         jobs = {k: ShardJob(k, factory, spec, space, seed, range(k * shard_episodes, k * shard_episodes +
                                                                   _shard_size(k, episodes, shard_episodes)),
-                            noise, min(n_envs, shard_episodes, episodes), settings, _shard_path(parts, k).absolute())
+                            noise, side_by_side, settings, _shard_path(parts, k).absolute())
                 for k in range(n_shards) if k not in done}
         try:
             if ray is not None:
                 from pixelplan.runs.cluster import run_shards_ray
-                run_shards_ray(parts, {k: dataclasses.replace(job, workers=0) for k, job in jobs.items()},
-                               progress=None if bar is None else lambda k: bar.update(len(jobs[k].ids)), **ray)
+                run_shards_ray(parts, jobs, progress=None if bar is None else lambda k: bar.update(len(jobs[k].ids)), **ray)
             else:
-                pool = EnvPool(factory, min(n_envs, shard_episodes, episodes), workers)
+                pool = EnvPool(factory, side_by_side, workers)
                 try:
                     for job in jobs.values():
                         job.write(pool, bar)
@@ -139,15 +139,14 @@ class ShardJob:
     n_envs: int
     settings: dict
     path: Path
-    workers: int = 0
 
     def write(self, pool: EnvPool, bar=None) -> None:
         shard = _collect_episodes(pool, self.spec, self.space, self.seed, self.ids, bar, self.noise)
         _write_dataset(self.path, shard, {**self.settings, "shard": self.index})
 
     def __call__(self) -> None:
-        """Write the shard with a pool of its own (a Ray task's body)."""
-        pool = EnvPool(self.factory, self.n_envs, self.workers)
+        """Write the shard with a pool of its own, in this process (a Ray task's body)."""
+        pool = EnvPool(self.factory, self.n_envs, 0)
         try:
             self.write(pool)
         finally:
