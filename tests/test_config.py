@@ -117,3 +117,26 @@ def test_eval_of_an_agent_without_a_planner_writes_eval_json(run_dir, capsys):
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["trials"] is None and result["eval_episodes"] == 3
     assert not list(run_dir.glob("eval-trials*"))
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--shared.precision", "fp16"], "fp16"),             # a value outside a Literal's choices
+    (["--glamor.lstm-buckets", "x"], "--glamor.lstm-buckets"),   # not an int
+    (["--no-such-flag", "1"], "--no-such-flag"),          # an unknown flag
+    (["--env"], "--env"),                                 # a flag the pre-parser reads, without its value
+    (["--preset"], "--preset"),
+])
+def test_bad_train_flags_are_refused_in_one_line_with_exit_2(tmp_path, capsys, flags, needle):
+    out = tmp_path / "run"
+    assert cli.main(["train", *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("pixelplan train: error:") and needle in err and "--help" in err
+    assert not out.exists()
+
+
+def test_train_help_still_prints_tyro_help(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", "--help"])
+    assert stop.value.code == 0
+    assert "--shared.precision" in capsys.readouterr().out

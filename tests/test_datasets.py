@@ -169,6 +169,11 @@ def test_collect_cli_refusals_and_an_idempotent_rerun(dataset, tmp_path, capsys)
     assert cli.main(["collect", "--agent", "glamor", "--episodes", "3", "--out", str(tmp_path / "x.h5")]) == 2
     assert cli.main(["collect", "--episodes", "3", "--out", str(tmp_path)]) == 2      # a directory
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "x.h5.parts").exists()
+    capsys.readouterr()
+    (tmp_path / "a-file").write_text("")
+    assert cli.main(["collect", "--episodes", "3", "--out", str(tmp_path / "a-file" / "x.h5")]) == 2   # under a file
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot create" in err
     mtime = dataset.stat().st_mtime_ns
     assert cli.main(["collect", "--episodes", str(EPISODES), "--seed", "3", "--out", str(dataset),
                      "--no-progress"]) == 0                        # complete already: nothing rewritten

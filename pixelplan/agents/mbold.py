@@ -83,10 +83,12 @@ class MboldAgent(AgentBase):
     """MBOLD and its baselines (see the module doc)."""
 
     def __init__(self, cfg: Config, spec: EnvSpec, device: torch.device, seed: int):
-        _check_spec(spec)
+        # The dataset first: `--agent mbold` alone, on the default (discrete) env, should say
+        # what MBOLD needs rather than what the default env lacks.
         if cfg.dataset is None:
             raise ValueError("MBOLD learns offline from a dataset of random trajectories: pixelplan train --agent mbold "
                              "--dataset FILE (write one with pixelplan collect --env tabletop:push1 --episodes N --out FILE)")
+        _check_spec(spec)
         self.cfg, self.spec, self.device = cfg.mbold, spec, device
         m = self.cfg
         self.action_dim = int(np.prod(spec.action_shape))

@@ -90,7 +90,11 @@ def collect(env: str, episodes: int, out: str | os.PathLike, *, agent: str = "ra
         if len(noise["std"]) != int(np.prod(spec.action_shape)):
             raise ValueError(f"collect --noise-std has {len(noise['std'])} values; {env} has "
                              f"{int(np.prod(spec.action_shape))} action dimensions")
-    parts.mkdir(parents=True, exist_ok=True)
+    try:
+        parts.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DatasetError(f"--out {out}: cannot create {parts} ({err.strerror}); "
+                           f"choose a directory you can write to") from None
     with RunLock(parts, command="pixelplan collect"):
         _check_parts(parts, settings)
         remove_stale_temporaries(parts)                       # a shard killed mid-write

@@ -8,6 +8,9 @@ contract in ``agents/base.py``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import json
 import os
 import warnings
@@ -132,12 +135,15 @@ def train_config(args: list[str]) -> Config | None:
 
     import tyro
 
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(prog="pixelplan train", add_help=False, exit_on_error=False)
     pre.add_argument("--preset", nargs="+", default=["auto"])
     pre.add_argument("--env", default=None)
     pre.add_argument("--dataset", default=None)
     pre.add_argument("--agent", default=None)
-    known, rest = pre.parse_known_args(args)
+    try:
+        known, rest = pre.parse_known_args(args)
+    except argparse.ArgumentError as err:
+        raise UsageError(f"{err} (`pixelplan train --help` lists every option)") from None
     if known.agent is not None:
         rest += ["--agent", known.agent]                        # the presets depend on the agent too
     rest = _moved_flags(rest)
@@ -148,9 +154,41 @@ def train_config(args: list[str]) -> Config | None:
         env = known.env or read_attrs(known.dataset)["env"]    # the preset follows the dataset's env
         rest += ["--dataset", known.dataset]
     base = config_lib.preset(known.preset, env, known.agent or "glamor")
-    cfg = tyro.cli(Config, default=base, args=rest + ["--env", env],
-                   prog="pixelplan train", description="Train an agent; re-run on the same --out to resume.")
-    return None if helping else cfg
+    parse = functools.partial(tyro.cli, Config, default=base, args=rest + ["--env", env], prog="pixelplan train",
+                              description="Train an agent; re-run on the same --out to resume.")
+    if helping:
+        parse()
+        return None
+    # tyro reports a bad flag as a box of several lines; the project's errors are one line.
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
+            return parse()
+    except SystemExit as stop:
+        if stop.code in (0, None):
+            raise
+        raise UsageError(one_line_parse_error(captured.getvalue(), "pixelplan train")) from None
+
+
+class UsageError(ValueError):
+    """Bad command-line flags, already said in one line (the CLI prints it and exits 2)."""
+
+
+def one_line_parse_error(text: str, prog: str) -> str:
+    """tyro's error box (a title, a rule, the message, a rule, hints) as one line: the message
+    and where the options are listed."""
+    sections: list[list[str]] = [[]]
+    for line in text.splitlines():
+        line = line.strip().strip("\u2502\u256d\u256e\u2570\u256f").strip()
+        if not line:
+            continue
+        if set(line) <= set("-\u2500"):
+            sections.append([])
+        else:
+            sections[-1].append(line.strip("\u2500- "))
+    body = sections[1] if len(sections) > 1 and sections[1] else [line for sec in sections for line in sec]
+    message = " ".join(body).strip() or "could not parse the flags"
+    return f"{message} (`{prog} --help` lists every option)"
 
 
 def _moved_flags(args: list[str]) -> list[str]:
