@@ -427,15 +427,17 @@ def _sweep(args: list[str]) -> int:
                          "at once: set --cpus-per-run instead")
     if opts.ray:
         from pixelplan.runs.cluster import run_sweep_ray
-        print(f"[sweep] {len(jobs)} runs on Ray ({opts.address or 'a local instance'}), into {opts.out}",
-              file=sys.stderr)
+        # The header is said once every run's flags have been checked (inside), so that a bad
+        # flag is the only line a refused sweep prints.
+        header = f"[sweep] {len(jobs)} runs on Ray ({opts.address or 'a local instance'}), into {opts.out}"
         failed = run_sweep_ray(jobs, extra, address=opts.address, cpus_per_run=opts.cpus_per_run,
-                               gpus_per_run=opts.gpus_per_run, max_retries=opts.max_retries, log=say)
+                               gpus_per_run=opts.gpus_per_run, max_retries=opts.max_retries, log=say,
+                               header=header)
     else:
         if opts.address is not None:
             raise ValueError("--address is the Ray cluster's: add --ray")
-        print(f"[sweep] {len(jobs)} runs, {opts.parallel} at a time, into {opts.out}", file=sys.stderr)
-        failed = run_sweep(jobs, extra, opts.parallel, log=say)
+        failed = run_sweep(jobs, extra, opts.parallel, log=say,
+                           header=f"[sweep] {len(jobs)} runs, {opts.parallel} at a time, into {opts.out}")
     finished = [job.out for job in jobs if job not in failed]
     if finished:
         _print_table(finished, Path(opts.out) / "table", opts.reference, opts.metric)

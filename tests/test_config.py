@@ -140,3 +140,11 @@ def test_train_help_still_prints_tyro_help(capsys):
         cli.main(["train", "--help"])
     assert stop.value.code == 0
     assert "--shared.precision" in capsys.readouterr().out
+
+
+def test_a_sweep_with_a_bad_train_flag_says_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert cli.main(["sweep", "--agents", "random", "--seeds", "0", "--out", str(out), "--", "--nope", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and err.startswith("pixelplan sweep: error:") and "--nope" in err
+    assert not out.exists()

@@ -219,8 +219,9 @@ def read_attempts(path: Path) -> list[Attempt]:
 # ------------------------------------------------------------------------- a sweep's driver
 def run_sweep_ray(jobs: list[SweepJob], extra: list[str], *, address: str | None = None, cpus_per_run: float = 1.0,
                   gpus_per_run: float = 0.0, max_retries: int = 3, lock_wait: float = 120.0,
-                  log=print) -> list[SweepJob]:
-    """Run every job as a Ray task; returns the jobs that failed (as ``run_sweep`` does)."""
+                  log=print, header: str | None = None) -> list[SweepJob]:
+    """Run every job as a Ray task; returns the jobs that failed (as ``run_sweep`` does);
+    ``header`` is logged once every job's flags have been checked."""
     if cpus_per_run <= 0 or gpus_per_run < 0 or max_retries < 0:
         raise ValueError(f"--cpus-per-run must be > 0, --gpus-per-run >= 0 and --max-retries >= 0, got "
                          f"{cpus_per_run}, {gpus_per_run} and {max_retries}")
@@ -228,6 +229,8 @@ def run_sweep_ray(jobs: list[SweepJob], extra: list[str], *, address: str | None
     jobs = list(given)
     done = set(finished_jobs(jobs, extra))             # also checks every run's flags, before anything runs
     ray = import_ray()
+    if header:
+        log(header)
     if len(done) == len(jobs):
         for job in jobs:
             log(f"[sweep] finished already {job.out.name} (not run again)")

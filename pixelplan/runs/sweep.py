@@ -105,14 +105,18 @@ def failure_reason(logfile, start: int = 0) -> str:
     return lines[-1] if lines else "(the run printed nothing)"
 
 
-def run_sweep(jobs: list[SweepJob], extra: list[str], parallel: int = 1, log=print) -> list[SweepJob]:
-    """Run every job (``parallel`` at a time); returns the jobs that failed."""
+def run_sweep(jobs: list[SweepJob], extra: list[str], parallel: int = 1, log=print,
+              header: str | None = None) -> list[SweepJob]:
+    """Run every job (``parallel`` at a time); returns the jobs that failed. ``header`` is
+    logged once every job's flags have been checked."""
     if parallel < 1:
         raise ValueError(f"parallel must be >= 1, got {parallel}")
     threads = max(1, (os.cpu_count() or 1) // parallel)
     failed: list[SweepJob] = []
 
     done = set(finished_jobs(jobs, extra))
+    if header:
+        log(header)
 
     def run(job: SweepJob) -> None:
         if job in done:
