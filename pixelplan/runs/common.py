@@ -13,6 +13,7 @@ import functools
 import io
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -163,11 +164,13 @@ def train_config(args: list[str]) -> Config | None:
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
-            return parse()
+            cfg = parse()
     except SystemExit as stop:
         if stop.code in (0, None):
             raise
         raise UsageError(one_line_parse_error(captured.getvalue(), "pixelplan train")) from None
+    sys.stderr.write(captured.getvalue())     # a parse that succeeded keeps any warning it printed
+    return cfg
 
 
 class UsageError(ValueError):
