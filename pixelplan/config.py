@@ -293,6 +293,9 @@ class MboldConfig:
     """the Lagrange slack tau (the door's preset sets 10)"""
     cql_actions: int = 10
     cql_alpha_lr: float = 1e-3
+    distance_from: str | None = None
+    """reuse the trained Q-function (critics, actor, their targets) of this MBOLD run directory,
+    frozen, e.g. to evaluate MBOLD's own Q as "Q-function only"; None = train one"""
     distance_updates: int | None = None
     """stop training the distance after this many updates (the paper: 93,750); None = every update"""
     vae_latent: int = 8

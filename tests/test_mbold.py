@@ -383,6 +383,39 @@ def test_a_reused_video_model_is_frozen_and_refused_when_missing(dataset, tmp_pa
     assert all(torch.equal(a[k], c[k]) for k in a) and 0 <= summary["success_rate"] <= 1
 
 
+def test_a_reused_q_function_is_frozen_and_evaluated_without_training(dataset, tmp_path):
+    train_offline(_cfg(dataset, tmp_path / "mbold"))
+    q_only = _cfg(dataset, tmp_path / "qonly", planner="q_shooting", distance_from=str(tmp_path / "mbold"))
+    summary = train_offline(q_only)
+    a = torch.load(tmp_path / "mbold" / "checkpoint.pt", weights_only=False)["agent"]
+    b = torch.load(tmp_path / "qonly" / "checkpoint.pt", weights_only=False)["agent"]
+    for name in ("critics", "actor", "target_critics", "target_actor"):
+        assert a[name].keys() == b[name].keys()
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
+    assert "video" not in b and b["optimizers"] == {} and 0 <= summary["success_rate"] <= 1
+    # nothing was trained: no Q losses in the run's training records
+    records = [json.loads(line) for line in (tmp_path / "qonly" / "metrics.jsonl").read_text().splitlines()]
+    assert not any("q_td" in r for r in records)
+
+
+def test_reusing_models_refuses_what_cannot_work(dataset, tmp_path):
+    train_offline(_cfg(dataset, tmp_path / "mbold"))
+    with pytest.raises(ValueError, match="uses none"):           # pixel l2 and CEM: no Q to reuse
+        MboldAgent(_cfg(dataset, distance="pixel", distance_from=str(tmp_path / "mbold")), SPEC,
+                   torch.device("cpu"), seed=0)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        train_offline(_cfg(dataset, tmp_path / "q", planner="q_shooting", distance_from=str(tmp_path / "nowhere")))
+    # a run without a Q-function (Visual Foresight) holds none to reuse
+    train_offline(_cfg(dataset, tmp_path / "vf", distance="pixel"))
+    with pytest.raises(ValueError, match="holds its Q-function"):
+        train_offline(_cfg(dataset, tmp_path / "q2", planner="q_shooting", distance_from=str(tmp_path / "vf")))
+    # a video model of other sizes: a one-line refusal that names the option, not a state-dict dump
+    with pytest.raises(ValueError, match="does not fit this run") as e:
+        train_offline(_cfg(dataset, tmp_path / "q3", video_width=8, video_from=str(tmp_path / "mbold")))
+    assert "video_from" in str(e.value) and len(str(e.value).splitlines()) == 1
+    assert not (tmp_path / "q3").exists() and not (tmp_path / "q2").exists()
+
+
 def test_cli_refusals_are_one_line_with_exit_code_2(dataset, tmp_path, capsys):
     out = tmp_path / "online"
     assert cli.main(["train", "--agent", "mbold", "--env", "tabletop:push1", "--preset", "debug",

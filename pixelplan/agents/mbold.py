@@ -45,7 +45,9 @@ are silent (docs/mbold.md lists each with its reason):
 * One update is one step of each model that is trained (the paper trains the video model for
   200k steps and the distance for 94k separately; ``distance_updates`` stops the distance
   early); ``video_from`` reuses another run's trained video model, frozen, so that the
-  baselines of one dataset can share one.
+  baselines of one dataset can share one, and ``distance_from`` another run's Q-function, so
+  that "Q-function only" can be MBOLD's own Q (the paper does not say whether its Q-only row
+  retrained one).
 * At a plan's start the context is the state's two frames and the action executed between them
   (zeros at an episode's first step, where the stack repeats the first frame).
 * The CQL gap is logsumexp over the random actions' Q (with the uniform density's importance
@@ -101,6 +103,11 @@ class MboldAgent(AgentBase):
         self.uses_video = m.planner == "cem"
         self.trains_video = self.uses_video and m.video_from is None
         self.uses_q = m.distance == "q" or m.planner in ("actor", "q_shooting")
+        if m.distance_from is not None and not self.uses_q:
+            raise ValueError(f"mbold.distance_from reuses a Q-function, but this configuration (distance "
+                             f"{m.distance}, planner {m.planner}) uses none: drop --mbold.distance-from, or use "
+                             f"--mbold.distance q or --mbold.planner q_shooting / actor")
+        self.trains_q = self.uses_q and m.distance_from is None
         self.nets: dict[str, torch.nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         if self.uses_video:
@@ -109,8 +116,7 @@ class MboldAgent(AgentBase):
             if self.trains_video:
                 self.optimizers["video"] = torch.optim.Adam(self.video.parameters(), lr=m.video_lr)
             else:
-                self.video.load_state_dict(load_video_model(m.video_from))
-                self.video.requires_grad_(False)
+                _load_frozen({"video": self.video}, m.video_from, "video_from", "its video model")
         if self.uses_q:
             self.critics = torch.nn.ModuleList([Critic(self.frame_shape, self.action_dim) for _ in range(2)]).to(device)
             self.actor = Actor(self.frame_shape, self.action_dim).to(device)
@@ -119,9 +125,14 @@ class MboldAgent(AgentBase):
             self.log_alpha = torch.zeros((), device=device, requires_grad=True)
             self.nets.update(critics=self.critics, actor=self.actor, target_critics=self.target_critics,
                              target_actor=self.target_actor)
-            self.optimizers.update(critics=torch.optim.Adam(self.critics.parameters(), lr=m.lr),
-                                   actor=torch.optim.Adam(self.actor.parameters(), lr=m.lr),
-                                   alpha=torch.optim.Adam([self.log_alpha], lr=m.cql_alpha_lr))
+            if self.trains_q:
+                self.optimizers.update(critics=torch.optim.Adam(self.critics.parameters(), lr=m.lr),
+                                       actor=torch.optim.Adam(self.actor.parameters(), lr=m.lr),
+                                       alpha=torch.optim.Adam([self.log_alpha], lr=m.cql_alpha_lr))
+            else:
+                _load_frozen({k: self.nets[k] for k in ("critics", "actor", "target_critics", "target_actor")},
+                             m.distance_from, "distance_from", "its Q-function")
+                self.log_alpha.requires_grad_(False)
         if m.distance == "vae":
             self.vae = FrameVAE(self.frame_shape, m.vae_latent).to(device)
             self.nets["vae"] = self.vae
@@ -149,15 +160,16 @@ class MboldAgent(AgentBase):
         m = self.cfg
         windows = SequenceSampler(m.video_batch, m.window) if self.trains_video else None
         pairs = None
-        if self.uses_q:
+        if self.trains_q:
             pairs = GoalPairSampler(m.batch_size, law="geometric", p=m.goal_p)
         elif m.distance == "temporal":      # C.2: the goal uniform over the trajectory's later frames
             pairs = GoalPairSampler(m.batch_size, law="uniform", max_offset=spec.max_episode_steps)
         elif m.distance == "vae":           # single frames: the pairs' states
             pairs = GoalPairSampler(m.batch_size, law="geometric", p=m.goal_p)
-        # windows and pairs both None: nothing to train (Visual Foresight on a reused video model);
-        # a run then only evaluates, with the same model and CEM as the run that trained it
-        negatives = m.negatives if self.uses_q else "none"
+        # windows and pairs both None: nothing to train (Visual Foresight on a reused video model,
+        # or Q-only on a reused Q-function); a run then only evaluates, with the models of the run
+        # that trained them
+        negatives = m.negatives if self.trains_q else "none"
         return MboldSampler(windows, pairs, negatives=negatives, negative_frac=m.negative_frac,
                             actuated=spec.actuated_features, n_index=m.knn_states, neighbours=m.knn_neighbours,
                             index_seed=seed)
@@ -184,7 +196,7 @@ class MboldAgent(AgentBase):
             out.update(self._video_step(batch.windows))
         m = self.cfg
         if batch.pairs is not None and (m.distance_updates is None or self.updates < m.distance_updates):
-            if self.uses_q:
+            if self.trains_q:
                 out.update(self._q_step(batch.pairs))
             if m.distance == "vae":
                 out.update(self._vae_step(batch.pairs))
@@ -546,14 +558,30 @@ def _cost_curve_png(curves: np.ndarray, path: Path, distance: str) -> None:
     plt.close(fig)
 
 
-def load_video_model(run_dir: str) -> dict[str, torch.Tensor]:
-    """The trained video model of another MBOLD run (``mbold.video_from``)."""
+def load_trained(run_dir: str, names: tuple[str, ...], option: str, what: str) -> dict[str, Any]:
+    """The state dicts ``names`` of another MBOLD run's checkpoint (``mbold.video_from`` /
+    ``mbold.distance_from``), with a one-line refusal when the run has none of them."""
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
-        raise ValueError(f"mbold.video_from {run_dir}: no checkpoint.pt there; give the directory of an MBOLD run "
-                         f"that trained its video model")
+        raise ValueError(f"mbold.{option} {run_dir}: no checkpoint.pt there; give the directory of an MBOLD run "
+                         f"that trained {what}")
     payload = torch.load(path, map_location="cpu", weights_only=False)
-    state = payload.get("agent", {})
-    if "video" not in state or payload.get("config", {}).get("agent") != "mbold":
-        raise ValueError(f"mbold.video_from {run_dir} is not an MBOLD run with a video model")
-    return state["video"]
+    payload = payload if isinstance(payload, dict) else {}
+    state, saved = payload.get("agent") or {}, payload.get("config") or {}
+    if saved.get("agent") != "mbold" or any(n not in state for n in names):
+        raise ValueError(f"mbold.{option} {run_dir} is not an MBOLD run that holds {what}")
+    return {n: state[n] for n in names}
+
+
+def _load_frozen(nets: dict[str, torch.nn.Module], run_dir: str, option: str, what: str) -> None:
+    """Load ``nets`` from another run (:func:`load_trained`) and freeze them; a run whose models
+    have other shapes (another scene's frames or actions, other widths) is refused in one line."""
+    states = load_trained(run_dir, tuple(nets), option, what)
+    for name, net in nets.items():
+        try:
+            net.load_state_dict(states[name])
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[1:2] or [str(e).strip()]
+            raise ValueError(f"mbold.{option} {run_dir}: {what} does not fit this run ({name}: "
+                             f"{first[0].strip()}); reuse a run of the same scene and model sizes") from None
+        net.requires_grad_(False)
