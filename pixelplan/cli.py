@@ -23,7 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
-USAGE = """usage: pixelplan {train,eval,collect,table,sweep,goals,tasks,heatmap} ...
+USAGE = """usage: pixelplan {train,eval,collect,table,sweep,goals,tasks,heatmap,distances} ...
 
   train   train an agent (default: GLAMOR on the grid world); re-run to resume;
           --dataset FILE trains offline from a collected dataset
@@ -38,6 +38,9 @@ USAGE = """usage: pixelplan {train,eval,collect,table,sweep,goals,tasks,heatmap}
           and draw each start | goal pair
   heatmap MBOLD's figure 6: trained runs' distances to a goal image as an object moves over
           the table, beside the pixel MSE, as one PNG
+  distances how well trained runs' distances order dataset frames by the true distance to
+          the test tasks' goals (rank correlation), on real frames and on the video model's
+          predictions of them, beside the pixel MSE
 
 pixelplan <command> --help shows the options."""
 
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             return _tasks(rest)
         if command == "heatmap":
             return _heatmap(rest)
+        if command == "distances":
+            return _distances(rest)
     except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"pixelplan {command}: error: {exc}", file=sys.stderr)
         return 2
@@ -249,6 +254,73 @@ def _eval(args: list[str]) -> int:
     if result.success is not None:
         plots.goal_strip(result.goal_frames, result.final_frames, result.success, Path(opts.run, f"{name}.png"))
     print(json.dumps(metrics))
+    return 0
+
+
+def _distances(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pixelplan distances",
+        description="Rank a pool of dataset frames by each run's learned distance to every test task's goal image "
+                    "and by the true distance (the features that decide success), and print their mean Spearman "
+                    "rank correlation: on the frames themselves and on the run's video-model predictions of them, "
+                    "beside the pixel MSE's (docs/mbold.md, 'Checking a distance').")
+    parser.add_argument("--run", action="append", required=True,
+                        help="an MBOLD run directory (repeat for several: MBOLD, temporal, VAE ...)")
+    parser.add_argument("--dataset", help="the dataset to draw frames from (default: the first run's)")
+    parser.add_argument("--frames", type=int, default=256, help="frames in the pool (dataset windows' last frames)")
+    parser.add_argument("--tasks", choices=("regular", "hard"), default=None,
+                        help="which test tasks give the goals (default: the runs' own)")
+    parser.add_argument("--seed", type=int, default=0, help="which episodes and windows make the pool")
+    parser.add_argument("--out", help="also write the record to this JSON file")
+    opts = parser.parse_args(args)
+    if opts.frames < 2 or opts.seed < 0:
+        raise ValueError(f"--frames must be >= 2 and --seed >= 0, got {opts.frames} and {opts.seed}")
+    out = None if opts.out is None else Path(opts.out)
+    if out is not None and (out.is_dir() or not out.parent.exists()):
+        raise ValueError(f"--out {out}: give a JSON file name in an existing directory")
+
+    import numpy as np
+
+    from pixelplan.data.dataset import read_attrs, read_some_episodes
+    from pixelplan.envs.core import GoalTask
+    from pixelplan.runs.distances import distance_ranking, sample_windows
+    from pixelplan.runs.train import load_agent
+
+    loaded = [load_agent(run, opts.tasks) for run in opts.run]
+    cfg, tasks = loaded[0][0], loaded[0][3]
+    agents = {}
+    for run, (other, agent, _, _) in zip(opts.run, loaded):
+        if (other.env, other.env_options) != (cfg.env, cfg.env_options):
+            raise ValueError(f"{run} is a {other.env} run and {opts.run[0]} a {cfg.env} run: give runs of one env")
+        if not hasattr(agent, "distance"):
+            raise ValueError(f"{run} is a {other.agent} run, which learns no distance between frames; give MBOLD runs")
+        label = other.label or f"{other.agent} ({other.mbold.distance})"
+        agents[label if label not in agents else f"{label} ({run})"] = agent
+    if not tasks or not all(isinstance(t, GoalTask) for t in tasks):
+        raise ValueError(f"{cfg.env} has no test tasks with features that decide success; use an MBOLD tabletop "
+                         f"scene (tabletop:reach, push1, push3, door)")
+    dataset = opts.dataset or cfg.dataset
+    if dataset is None:
+        raise ValueError(f"{opts.run[0]} trained from no dataset: give --dataset FILE")
+    attrs = read_attrs(dataset)
+    if attrs.get("env") != cfg.env:
+        raise ValueError(f"--dataset {dataset} holds {attrs.get('env')} episodes, the runs are {cfg.env} runs: give a "
+                         f"dataset of the runs' env")
+    first = next(iter(agents.values()))
+    length = max([int(a.prediction_window) for a in agents.values() if getattr(a, "uses_video", False)] or [2])
+    rng = np.random.default_rng(opts.seed)
+    episodes = read_some_episodes(dataset, min(opts.frames, 1000), rng)
+    if episodes and episodes[0].frames.shape[1:] != tuple(first.spec.frame_shape):
+        raise ValueError(f"--dataset {dataset} has frames of shape {episodes[0].frames.shape[1:]}, the runs' env "
+                         f"{tuple(first.spec.frame_shape)}: give the dataset of the runs' env options")
+    windows = sample_windows(episodes, opts.frames, length, rng)
+    record = {"env": cfg.env, "dataset": str(dataset), "frames": opts.frames, "tasks": len(tasks),
+              "rank_correlation": distance_ranking(agents, tasks, windows)}
+    text = json.dumps(record)
+    if out is not None:
+        from pixelplan.runs.rundir import write_text_atomically
+        write_text_atomically(out, text + "\n", "distance record")
+    print(text)
     return 0
 
 

@@ -488,6 +488,86 @@ def test_the_distance_heatmap_draws_every_runs_distance_and_pixel_mse(dataset, t
     grid = np.stack(np.meshgrid(*[np.linspace(-0.2, 0.2, 4)] * 2, indexing="xy"), -1).reshape(-1, 2) + [0.0, 0.45]
     nearest = grid[np.argmin(np.linalg.norm(grid - goal, axis=1))]
     assert np.allclose(record["argmin_xy"]["pixel MSE"], nearest)
+    # pixelplan distances ranks dataset frames by both runs' distances and the pixel MSE
+    out = tmp_path / "distances.json"
+    assert cli.main(["distances", "--run", str(q), "--run", str(temporal), "--frames", "12", "--out", str(out)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert json.loads(out.read_text()) == record and record["tasks"] > 0
+    ranks = record["rank_correlation"]
+    assert set(ranks) == {"pixel MSE", "mbold (q)", "mbold (temporal)"}
+    assert set(ranks["mbold (q)"]) == {"true_frames", "predicted_frames", "pixel_mse_predicted", "prediction_mse"}
+    assert set(ranks["mbold (temporal)"]) == {"true_frames"}             # no video model there
+    assert all(-1 <= v <= 1 for r in ranks.values() for k, v in r.items() if k != "prediction_mse" and v == v)
+    # bad input: one line, exit 2, nothing written
+    other = tmp_path / "reach.h5"
+    collect("tabletop:reach", 2, other, env_options=SMALL, seed=1, shard_episodes=2, n_envs=1, progress=False)
+    for bad in (["--dataset", str(other)], ["--frames", "1"], ["--out", str(tmp_path / "missing" / "d.json")]):
+        assert cli.main(["distances", "--run", str(q), *bad]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "error" in err
+    assert not (tmp_path / "missing").exists()
+    assert cli.main(["distances", "--run", str(tmp_path / "nowhere")]) == 2
+
+
+def test_rank_correlation_matches_hand_computations_with_ties():
+    from pixelplan.runs.distances import rank_correlation
+    assert rank_correlation([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)        # 1 - 6 * 2 / (4 * 15)
+    assert rank_correlation([1, 2, 3, 4], [40, 30, 20, 10]) == pytest.approx(-1.0)
+    # ties share their mean rank: x ranks 0.5, 0.5, 2, 3 against 0, 1, 2, 3
+    assert rank_correlation([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / math.sqrt(4.5 * 5))
+    assert math.isnan(rank_correlation([2, 2, 2], [1, 2, 3]))                       # no order to agree with
+    with pytest.raises(ValueError, match="one length"):
+        rank_correlation([1, 2], [1, 2, 3])
+
+
+class _FeatureReader:
+    """A fake learned distance that reads feature 0 from the frames' pixel value (see below):
+    ``sign`` +1 orders frames as the truth does, -1 backwards; with a video model whose
+    predictions are ``predict`` applied to the windows' last frames."""
+
+    def __init__(self, sign, predict=None):
+        self.sign, self.uses_video, self.predict = sign, predict is not None, predict
+
+    prediction_window = 3
+
+    def distance(self, frames, goal):
+        return self.sign * np.abs(frames[:, 0, 0, 0].astype(np.float64) - float(goal[0, 0, 0]))
+
+    def predict_windows(self, frames, actions):
+        assert frames.shape[1] == 3 and actions.shape[1] == 2        # the agent's own window
+        return self.predict(frames[:, -1:])
+
+
+def test_distance_ranking_rewards_the_order_of_the_relevant_features_only():
+    from pixelplan.envs.core import GoalTask
+    from pixelplan.runs.distances import Windows, distance_ranking
+    rng = np.random.default_rng(0)
+    n = 40
+    x = rng.permutation(n).astype(np.float64) * 5                   # the relevant feature, as the pixel value
+    junk = rng.normal(size=n) * 100                                 # an irrelevant feature, much larger
+    frames = np.repeat(x.astype(np.uint8)[:, None, None, None, None], 3, 1) * np.ones((1, 1, 4, 4, 3), np.uint8)
+    windows = Windows(frames=frames, actions=np.zeros((n, 2, 1), np.float32), last_features=np.stack([x, junk], 1))
+    tasks = []
+    for gx in (0.0, 60.0, 195.0):
+        goal = np.full((4, 4, 3), int(gx), np.uint8)
+        tasks.append(GoalTask(goal, np.array([gx, 0.0]), start_state=np.zeros(1), start_frame=goal,
+                              start_features=np.array([gx, 0.0]), relevant=np.array([True, False]), threshold=1.0))
+    blur = lambda last: np.full_like(last, 100)                     # a video model that predicts one grey frame
+    record = distance_ranking({"right": _FeatureReader(1), "backwards": _FeatureReader(-1),
+                               "perfect video": _FeatureReader(1, predict=lambda last: last),
+                               "blurred video": _FeatureReader(1, predict=blur)}, tasks, windows)
+    assert record["right"]["true_frames"] == pytest.approx(1.0)
+    assert record["backwards"]["true_frames"] == pytest.approx(-1.0)
+    assert record["pixel MSE"]["true_frames"] == pytest.approx(1.0)    # here the pixels are the feature
+    assert "predicted_frames" not in record["right"]
+    perfect = record["perfect video"]
+    assert perfect["predicted_frames"] == pytest.approx(1.0) and perfect["prediction_mse"] == 0.0
+    # predictions that carry no information leave no order (every task skipped: NaN)
+    assert math.isnan(record["blurred video"]["predicted_frames"]) and record["blurred video"]["prediction_mse"] > 0
+    # the truth is the relevant feature's: ranking by the irrelevant one does not score 1
+    junk_reader = _FeatureReader(1)
+    junk_reader.distance = lambda f, g: np.abs(junk - 0.0)
+    assert abs(distance_ranking({"junk": junk_reader}, tasks, windows)["junk"]["true_frames"]) < 0.5
 
 
 def test_frames_with_the_block_moved_show_it_there_and_leave_the_state(tmp_path):

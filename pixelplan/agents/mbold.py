@@ -101,6 +101,9 @@ class MboldAgent(AgentBase):
         torch.manual_seed(seed)
         self.precision = resolve_precision(m.precision, device)
         self.uses_video = m.planner == "cem"
+        # the frames a plan's prediction spans, context included: what CEM scores the last of
+        # (pixelplan distances predicts windows of this length)
+        self.prediction_window = m.context + m.horizon
         self.trains_video = self.uses_video and m.video_from is None
         self.uses_q = m.distance == "q" or m.planner in ("actor", "q_shooting")
         if m.distance_from is not None and not self.uses_q:
@@ -177,7 +180,8 @@ class MboldAgent(AgentBase):
     # ------------------------------------------------------------------ tensors
     def _frames(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 (..., H, W, C) -> float (..., C, H, W) in [0, 1] on the device."""
-        x = torch.as_tensor(np.ascontiguousarray(frames), device=self.device)
+        # np.require copies read-only arrays (test tasks' frames are frozen), which torch warns on
+        x = torch.as_tensor(np.require(frames, requirements=("C", "W")), device=self.device)
         return x.movedim(-1, -3).float().div_(255.0)
 
     def _unit_actions(self, actions) -> torch.Tensor:

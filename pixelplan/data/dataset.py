@@ -211,6 +211,27 @@ def read_episodes(path: str | os.PathLike) -> Iterator[Episode]:
             yield ep
 
 
+def read_some_episodes(path: str | os.PathLike, count: int, rng: np.random.Generator) -> list[Episode]:
+    """``count`` episodes of the file drawn without replacement (all of them when it holds
+    fewer), in file order, one read per episode: a sample for diagnostics, without reading the
+    whole file."""
+    h5py = _h5py()
+    with h5py.File(path, "r") as f:
+        group = f["episodes"]
+        names = sorted(group)
+        if count < len(names):
+            names = [names[i] for i in np.sort(rng.choice(len(names), count, replace=False))]
+        out = []
+        for name in names:
+            g = group[name]
+            try:
+                out.append(Episode(frames=g["frames"][()], actions=g["actions"][()], rewards=g["rewards"][()],
+                                   features=g["features"][()] if "features" in g else None))
+            except ValueError as exc:
+                raise DatasetError(f"{path}: episode {name}: {exc}") from None
+        return out
+
+
 def verify(path: str | os.PathLike) -> dict[str, Any]:
     """Read every episode and check the content hash (and the episode and frame counts)
     against the file's own; returns the attrs."""
