@@ -270,11 +270,18 @@ def _distances(args: list[str]) -> int:
     parser.add_argument("--frames", type=int, default=256, help="frames in the pool (dataset windows' last frames)")
     parser.add_argument("--tasks", choices=("regular", "hard"), default=None,
                         help="which test tasks give the goals (default: the runs' own)")
+    parser.add_argument("--starts", type=int, default=20,
+                        help="also rank, for this many tasks, random futures of the task's start state (0: skip)")
+    parser.add_argument("--futures", type=int, default=32, help="random action sequences per start")
+    parser.add_argument("--steps", type=int, default=13, help="actions per future (the paper's planning horizon)")
     parser.add_argument("--seed", type=int, default=0, help="which episodes and windows make the pool")
     parser.add_argument("--out", help="also write the record to this JSON file")
     opts = parser.parse_args(args)
     if opts.frames < 2 or opts.seed < 0:
         raise ValueError(f"--frames must be >= 2 and --seed >= 0, got {opts.frames} and {opts.seed}")
+    if opts.starts < 0 or opts.futures < 2 or opts.steps < 1:
+        raise ValueError(f"--starts must be >= 0, --futures >= 2 and --steps >= 1, got {opts.starts}, "
+                         f"{opts.futures} and {opts.steps}")
     out = None if opts.out is None else Path(opts.out)
     if out is not None and (out.is_dir() or not out.parent.exists()):
         raise ValueError(f"--out {out}: give a JSON file name in an existing directory")
@@ -283,7 +290,7 @@ def _distances(args: list[str]) -> int:
 
     from pixelplan.data.dataset import read_attrs, read_some_episodes
     from pixelplan.envs.core import GoalTask
-    from pixelplan.runs.distances import distance_ranking, sample_windows
+    from pixelplan.runs.distances import distance_ranking, futures_from_starts, ranking_from_starts, sample_windows
     from pixelplan.runs.train import load_agent
 
     loaded = [load_agent(run, opts.tasks) for run in opts.run]
@@ -316,6 +323,29 @@ def _distances(args: list[str]) -> int:
     windows = sample_windows(episodes, opts.frames, length, rng)
     record = {"env": cfg.env, "dataset": str(dataset), "frames": opts.frames, "tasks": len(tasks),
               "rank_correlation": distance_ranking(agents, tasks, windows)}
+    if opts.starts:
+        from pixelplan.envs import make
+        from pixelplan.envs.noise import correlated_sequence
+        from pixelplan.runs.common import parse_env_options
+        env = make(cfg.env, **parse_env_options(cfg.env_options)).unwrapped
+        low, high = (np.broadcast_to(b, env.action_space.shape).reshape(-1) for b in
+                     (env.action_space.low, env.action_space.high))
+        policy = attrs.get("policy") or {}
+        if policy.get("kind") == "correlated":     # the dataset's own policy: CEM's first iteration
+            def sample_actions(r, n):
+                return correlated_sequence(r, n, policy["std"], low, high, float(policy["beta"]))
+        else:
+            def sample_actions(r, n):
+                return r.uniform(low, high, (n, low.size)).astype(np.float32)
+        chosen = tasks[:opts.starts]
+        pad = max(length - opts.steps, 2)
+        try:
+            futures = futures_from_starts(env, chosen, opts.futures, opts.steps, pad, sample_actions,
+                                          np.random.default_rng([opts.seed, 1]))
+        finally:
+            env.close()
+        record.update(starts=len(chosen), futures=opts.futures, steps=opts.steps,
+                      rank_correlation_from_starts=ranking_from_starts(agents, chosen, futures))
     text = json.dumps(record)
     if out is not None:
         from pixelplan.runs.rundir import write_text_atomically

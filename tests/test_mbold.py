@@ -490,18 +490,21 @@ def test_the_distance_heatmap_draws_every_runs_distance_and_pixel_mse(dataset, t
     assert np.allclose(record["argmin_xy"]["pixel MSE"], nearest)
     # pixelplan distances ranks dataset frames by both runs' distances and the pixel MSE
     out = tmp_path / "distances.json"
-    assert cli.main(["distances", "--run", str(q), "--run", str(temporal), "--frames", "12", "--out", str(out)]) == 0
+    assert cli.main(["distances", "--run", str(q), "--run", str(temporal), "--frames", "12", "--out", str(out),
+                     "--starts", "2", "--futures", "3", "--steps", "4"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert json.loads(out.read_text()) == record and record["tasks"] > 0
     ranks = record["rank_correlation"]
     assert set(ranks) == {"pixel MSE", "mbold (q)", "mbold (temporal)"}
     assert set(ranks["mbold (q)"]) == {"true_frames", "predicted_frames", "pixel_mse_predicted", "prediction_mse"}
     assert set(ranks["mbold (temporal)"]) == {"true_frames"}             # no video model there
+    assert record["starts"] == 2 and set(record["rank_correlation_from_starts"]) == set(ranks)
     assert all(-1 <= v <= 1 for r in ranks.values() for k, v in r.items() if k != "prediction_mse" and v == v)
     # bad input: one line, exit 2, nothing written
     other = tmp_path / "reach.h5"
     collect("tabletop:reach", 2, other, env_options=SMALL, seed=1, shard_episodes=2, n_envs=1, progress=False)
-    for bad in (["--dataset", str(other)], ["--frames", "1"], ["--out", str(tmp_path / "missing" / "d.json")]):
+    for bad in (["--dataset", str(other)], ["--frames", "1"], ["--out", str(tmp_path / "missing" / "d.json")],
+                ["--futures", "1"]):
         assert cli.main(["distances", "--run", str(q), *bad]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "error" in err
@@ -568,6 +571,58 @@ def test_distance_ranking_rewards_the_order_of_the_relevant_features_only():
     junk_reader = _FeatureReader(1)
     junk_reader.distance = lambda f, g: np.abs(junk - 0.0)
     assert abs(distance_ranking({"junk": junk_reader}, tasks, windows)["junk"]["true_frames"]) < 0.5
+
+
+class _LineEnv:
+    """A 1-D point: the state is its position, an action moves it, the frame shows the
+    position as its pixel value and the features are (position, 0)."""
+
+    class action_space:
+        shape = (1,)
+
+    def __init__(self):
+        self.x, self.resets = 0.0, []
+
+    def _frame(self):
+        return np.full((4, 4, 3), int(round(self.x)), np.uint8)
+
+    def reset(self, options=None):
+        self.x = float(options["state"][0])
+        self.resets.append(self.x)
+        return self._frame(), {"features": np.array([self.x, 0.0])}
+
+    def step(self, action):
+        self.x = float(np.clip(self.x + action[0], 0, 255))
+        return self._frame(), 0.0, False, False, {"features": np.array([self.x, 0.0])}
+
+
+def test_futures_from_starts_replay_each_tasks_start_and_rank_their_final_frames():
+    from pixelplan.envs.core import GoalTask
+    from pixelplan.runs.distances import futures_from_starts, ranking_from_starts
+    env, rng = _LineEnv(), np.random.default_rng(0)
+    tasks = []
+    for start, gx in ((50.0, 120.0), (200.0, 150.0)):
+        goal = np.full((4, 4, 3), int(gx), np.uint8)
+        tasks.append(GoalTask(goal, np.array([gx, 0.0]), start_state=np.array([start]),
+                              start_frame=np.full((4, 4, 3), int(start), np.uint8), start_features=np.array([start, 0.0]),
+                              relevant=np.array([True, False]), threshold=1.0))
+    taken = []
+
+    def sample(r, n):
+        taken.append(np.round(r.uniform(-10, 10, (n, 1))).astype(np.float32))
+        return taken[-1]
+
+    futures = futures_from_starts(env, tasks, count=6, steps=2, pad=2, sample_actions=sample, rng=rng)
+    assert env.resets == [50.0] * 6 + [200.0] * 6                      # every future from its task's start
+    w = futures[0]
+    assert w.frames.shape == (6, 4, 4, 4, 3) and w.actions.shape == (6, 3, 1)
+    assert np.all(w.frames[:, :2, 0, 0, 0] == 50) and np.all(w.actions[:, 0] == 0)   # the padded start
+    for i in range(6):                                                # the env's own final state
+        assert w.last_features[i, 0] == pytest.approx(50 + taken[i].sum())
+        assert np.array_equal(w.actions[i, 1:], taken[i])
+    record = ranking_from_starts({"right": _FeatureReader(1), "backwards": _FeatureReader(-1)}, tasks, futures)
+    assert record["right"]["true_frames"] == pytest.approx(1.0)
+    assert record["backwards"]["true_frames"] == pytest.approx(-1.0)
 
 
 def test_frames_with_the_block_moved_show_it_there_and_leave_the_state(tmp_path):

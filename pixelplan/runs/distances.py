@@ -15,15 +15,24 @@ on the same pool: on the true last frames of dataset windows, and on the model's
 predictions of those frames (from each window's context frames and its actions). The drop
 between the two is what the predictions' errors cost the distance; the rise of a learned
 distance above the pixel MSE is what learning it bought.
+
+A pool of dataset frames mixes frames near a goal with far ones. CEM compares something
+narrower: the futures of one start state under random action sequences. So the check is also
+made *from the tasks' starts* (:func:`futures_from_starts`, :func:`ranking_from_starts`): for
+each task, the env is reset to its start state and runs a number of random action sequences of
+the dataset's own policy (the distribution of CEM's first iteration, whose std is the
+collection std). Their final frames, real and predicted, are ranked against the goal.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-__all__ = ["rank_correlation", "true_distances", "Windows", "sample_windows", "distance_ranking"]
+__all__ = ["rank_correlation", "true_distances", "Windows", "sample_windows", "distance_ranking",
+           "futures_from_starts", "ranking_from_starts"]
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -116,4 +125,42 @@ def distance_ranking(agents: dict, tasks, windows: Windows, chunk: int = 64) -> 
             record["pixel_mse_predicted"] = _mean_correlation(pixel(predicted), truth)
             record["prediction_mse"] = float(np.mean(((predicted.astype(np.float32) - last) / 255.0) ** 2))
         out[label] = record
+    return out
+
+
+def futures_from_starts(env, tasks, count: int, steps: int, pad: int, sample_actions: Callable,
+                        rng: np.random.Generator) -> list[Windows]:
+    """For each task, ``count`` futures of ``steps`` actions from its start state (``env`` is an
+    unwrapped goal env that resets to ``options={"state": ...}`` and reports
+    ``info["features"]``). Each window is the start frame ``pad`` times (zero actions between:
+    a stack at an episode's first step), then the ``steps`` frames the actions led to; its last
+    features are the final frame's. ``sample_actions(rng, steps)`` gives one (steps, A) sequence."""
+    out = []
+    for task in tasks:
+        frames, actions, features = [], [], []
+        for _ in range(count):
+            first, info = env.reset(options={"state": task.start_state})
+            seq = np.asarray(sample_actions(rng, steps), np.float32)
+            seen = [first] * pad
+            for a in seq:
+                frame, _, _, _, info = env.step(a.reshape(env.action_space.shape))
+                seen.append(frame)
+            frames.append(np.stack(seen))
+            actions.append(np.concatenate([np.zeros((pad - 1, *seq.shape[1:]), np.float32), seq]))
+            features.append(np.asarray(info["features"], np.float64))
+        out.append(Windows(np.stack(frames), np.stack(actions), np.stack(features)))
+    return out
+
+
+def ranking_from_starts(agents: dict, tasks, futures: list[Windows]) -> dict[str, dict[str, float]]:
+    """:func:`distance_ranking` of each task against its own futures (``futures[i]`` for
+    ``tasks[i]``), averaged over the tasks where the truth has an order (NaN skipped)."""
+    per_task = [distance_ranking(agents, [task], windows) for task, windows in zip(tasks, futures)]
+    out: dict[str, dict[str, float]] = {}
+    for label, first in per_task[0].items():
+        out[label] = {}
+        for key in first:
+            values = np.array([r[label][key] for r in per_task], np.float64)
+            values = values[np.isfinite(values)]
+            out[label][key] = float(values.mean()) if len(values) else float("nan")
     return out
