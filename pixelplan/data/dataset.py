@@ -202,13 +202,7 @@ def read_episodes(path: str | os.PathLike) -> Iterator[Episode]:
     with h5py.File(path, "r") as f:
         group = f["episodes"]
         for name in sorted(group):
-            g = group[name]
-            try:
-                ep = Episode(frames=g["frames"][()], actions=g["actions"][()], rewards=g["rewards"][()],
-                             features=g["features"][()] if "features" in g else None)
-            except ValueError as exc:
-                raise DatasetError(f"{path}: episode {name}: {exc}") from None
-            yield ep
+            yield _read_episode(path, group, name)
 
 
 def read_some_episodes(path: str | os.PathLike, count: int, rng: np.random.Generator) -> list[Episode]:
@@ -221,15 +215,17 @@ def read_some_episodes(path: str | os.PathLike, count: int, rng: np.random.Gener
         names = sorted(group)
         if count < len(names):
             names = [names[i] for i in np.sort(rng.choice(len(names), count, replace=False))]
-        out = []
-        for name in names:
-            g = group[name]
-            try:
-                out.append(Episode(frames=g["frames"][()], actions=g["actions"][()], rewards=g["rewards"][()],
-                                   features=g["features"][()] if "features" in g else None))
-            except ValueError as exc:
-                raise DatasetError(f"{path}: episode {name}: {exc}") from None
-        return out
+        return [_read_episode(path, group, name) for name in names]
+
+
+def _read_episode(path, group, name: str) -> Episode:
+    """Episode ``name`` of an open file's ``episodes`` group, one read per array."""
+    g = group[name]
+    try:
+        return Episode(frames=g["frames"][()], actions=g["actions"][()], rewards=g["rewards"][()],
+                       features=g["features"][()] if "features" in g else None)
+    except ValueError as exc:
+        raise DatasetError(f"{path}: episode {name}: {exc}") from None
 
 
 def verify(path: str | os.PathLike) -> dict[str, Any]:
